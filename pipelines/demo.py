@@ -143,3 +143,44 @@ def make_demo_dataset(out_dir, config=DemoConfig(), progress=None):
         name: os.path.join(out_dir, name)
         for name in ("train.jsonl", "test.jsonl", "words.vec", "tags.txt", "unseen_tags.txt")
     }
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    values = flags.FLAGS
+    config = DemoConfig(
+        num_train=values.num_train,
+        num_test=values.num_test,
+        image_size=values.image_size,
+        max_objects=values.max_objects,
+        embed_dim=values.embed_dim,
+        seed=values.seed,
+    )
+    bar = {}
+
+    def progress(split, done, total):
+        import keras
+
+        if split not in bar:
+            print(f"Rendering {total} {split} images")
+            bar[split] = keras.utils.Progbar(total, unit_name="image")
+        if done % 100 == 0 or done == total:
+            bar[split].update(done)
+
+    files = make_demo_dataset(values.out_dir, config, progress)
+    print("Demo dataset (synthetic) written:", ", ".join(files.values()))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("out_dir", "data/demo", "Folder to write the demo dataset to.")
+    flags.DEFINE_integer("num_train", DemoConfig.num_train, "Training images.")
+    flags.DEFINE_integer("num_test", DemoConfig.num_test, "Test images.")
+    flags.DEFINE_integer("image_size", DemoConfig.image_size, "Image side in pixels.")
+    flags.DEFINE_integer("max_objects", DemoConfig.max_objects, "Objects per image, at most.")
+    flags.DEFINE_integer("embed_dim", DemoConfig.embed_dim, "Word-vector size.")
+    flags.DEFINE_integer("seed", DemoConfig.seed, "Random seed: the dataset is a function of it.")
+    app.run(main)

@@ -6,8 +6,9 @@ Formats `load_tag_vectors` reads, chosen by file suffix (or `fmt=`):
   .bin  word2vec binary ("count dim\\n", then "word " + d float32 per word)
   .npy  a (C, d) array whose rows follow `tags`
   .npz  arrays "tags" (C,) and "vectors" (C, d); rows are picked by tag name
-  .pickle / .pkl  the official ZS_SDL `wordvec_array.pickle` (d x C, or a dict
-        holding it), only with `allow_pickle=True`: unpickling runs code.
+  .pickle / .pkl  the official ZS_SDL `wordvec_array.pickle`: a d x C array (or a
+        dict holding one, 1 x d x C for COCO), columns following `tags`; only with
+        `allow_pickle=True`, since unpickling runs code.
 Multi-word tags ("hot dog", "teddy_bear") average the vectors of their words.
 Every vector is l2-normalized.
 """
@@ -130,14 +131,14 @@ def _resolve_missing(tags, vectors, missing, path, on_missing):
     return [tags[i] for i in keep], vectors[keep]
 
 
-def _from_array(array, tags, path):
+def _from_array(array, tags, path, tags_along_columns=False):
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 3 and array.shape[0] == 1:  # the official COCO pickle: 1 x d x C
         array = array[0]
     if array.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D array of vectors, got shape {array.shape}.")
-    if tags is not None and array.shape[0] != len(tags) and array.shape[1] == len(tags):
-        array = array.T  # the official pickles store d x C
+    if tags_along_columns:  # the official pickles store d x C
+        array = array.T
     if tags is not None and array.shape[0] != len(tags):
         raise ValueError(f"{path}: {array.shape[0]} vectors for {len(tags)} tags.")
     return array
@@ -223,7 +224,7 @@ def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missin
         if len(arrays) != 1:
             raise ValueError(f"{path}: expected one array in the pickled dict, got keys {list(obj)}.")
         obj = arrays[0]
-    array = _from_array(obj, tags, path)
+    array = _from_array(obj, tags, path, tags_along_columns=True)
     if tags is None:
         tags = [str(i) for i in range(array.shape[0])]
     return tags, l2_normalize(array)
@@ -278,6 +279,18 @@ class TagVocabulary:
         if unknown:
             raise KeyError(f"Unseen tags not in the vocabulary: {unknown}")
         return cls(tags, vectors, [index[t] for t in unseen_tags])
+
+    @classmethod
+    def from_files(cls, tags_path, vectors_path, unseen_path=None, allow_pickle=False, on_missing="error"):
+        """A vocabulary from a tag list file (one tag per line), a vector file (any
+        `load_tag_vectors` format) and an optional file of unseen tags."""
+        tags = read_lines(tags_path)
+        kept, vectors = load_tag_vectors(
+            vectors_path, tags, allow_pickle=allow_pickle, on_missing=on_missing
+        )
+        unseen = read_lines(unseen_path) if unseen_path else []
+        dropped = set(tags) - set(kept)
+        return cls.from_tag_lists(kept, vectors, [t for t in unseen if t not in dropped])
 
     def __len__(self):
         return len(self.tags)

@@ -1,5 +1,6 @@
 """The Semantic Diversity Learning loss (paper, equations 2-5)."""
 
+import warnings
 
 import keras
 import numpy as np
@@ -21,7 +22,9 @@ def max_positives_needed(labels):
 def _concrete_max(x):
     """max(x) as a Python number when x holds values (eager), None while tracing a graph."""
     try:
-        return float(np.max(ops.convert_to_numpy(x)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(np.max(ops.convert_to_numpy(x)))
     except Exception:  # symbolic TF tensors and JAX tracers have no values yet
         return None
 

@@ -29,7 +29,8 @@ class SDLMetrics(keras.metrics.Metric):
     `sdl_keras.evaluation`: GZSL uses every tag and the images with a positive,
     ZSL the `unseen` tags and the images with an unseen positive. ZSL figures
     are reported only when `unseen` is non-empty. Results are percentages under
-    the keys "gzsl/P@K", "gzsl/R@K", "gzsl/F1@K", "gzsl/mAP" (and "zsl/...").
+    the keys "gzsl/P@K", "gzsl/R@K", "gzsl/F1@K", "gzsl/mAP" and "zsl/..."; with no
+    unseen tags (training on seen tags) simply "P@K", "R@K", "F1@K", "mAP".
 
     P/R/F1@K are exact: they only need running counts of hits, images and
     positives. mAP is an approximation: each tag keeps a histogram of its
@@ -80,13 +81,14 @@ class SDLMetrics(keras.metrics.Metric):
         self.aggregation = aggregation
         self.num_bins = int(num_bins)
         self.score_scale = float(score_scale)
-        self.tasks = {"gzsl": num_tags}
+        # Without unseen tags there is one task, reported without a prefix.
+        self.tasks = {"gzsl/" if self.unseen else "": num_tags}
         if self.unseen:
-            self.tasks["zsl"] = len(self.unseen)
+            self.tasks["zsl/"] = len(self.unseen)
         self._counts = {}
         for task, width in self.tasks.items():
             zeros = lambda shape, name: self.add_variable(  # noqa: E731
-                shape=shape, initializer="zeros", dtype="float32", name=f"{task}_{name}"
+                shape=shape, initializer="zeros", dtype="float32", name=f"{task.strip('/') or 'all'}_{name}"
             )
             self._counts[task] = {
                 "hits": zeros((len(self.ks),), "hits"),
@@ -126,11 +128,11 @@ class SDLMetrics(keras.metrics.Metric):
             raise ValueError("SDLMetrics does not support sample_weight: counts are per image and tag.")
         labels = ops.cast(y_true, "float32")
         scores, _ = tag_scores(ops.cast(y_pred, "float32"), self.tag_vectors, self.aggregation)
-        self._update_task(self._counts["gzsl"], scores, labels)
+        self._update_task(self._counts["gzsl/" if self.unseen else ""], scores, labels)
         if self.unseen:
             unseen = ops.convert_to_tensor(np.array(self.unseen, dtype="int32"))
             self._update_task(
-                self._counts["zsl"], ops.take(scores, unseen, axis=1), ops.take(labels, unseen, axis=1)
+                self._counts["zsl/"], ops.take(scores, unseen, axis=1), ops.take(labels, unseen, axis=1)
             )
 
     def result(self):
@@ -141,12 +143,12 @@ class SDLMetrics(keras.metrics.Metric):
                 precision = tp / ops.maximum(counts["images"] * k, 1.0)
                 recall = tp / ops.maximum(counts["positives"], 1.0)
                 f1 = 2.0 * precision * recall / ops.maximum(precision + recall, 1e-12)
-                results[f"{task}/P@{k}"] = 100.0 * precision
-                results[f"{task}/R@{k}"] = 100.0 * recall
-                results[f"{task}/F1@{k}"] = 100.0 * f1
+                results[f"{task}P@{k}"] = 100.0 * precision
+                results[f"{task}R@{k}"] = 100.0 * recall
+                results[f"{task}F1@{k}"] = 100.0 * f1
             ap, valid = binned_average_precision(counts["positive_hist"], counts["negative_hist"])
             valid = ops.cast(valid, "float32")
-            results[f"{task}/mAP"] = 100.0 * ops.sum(ap * valid) / ops.maximum(ops.sum(valid), 1.0)
+            results[f"{task}mAP"] = 100.0 * ops.sum(ap * valid) / ops.maximum(ops.sum(valid), 1.0)
         return results
 
     def reset_state(self):

@@ -4,7 +4,7 @@ import keras
 from keras import layers
 
 
-def small_cnn(input_shape=(64, 64, 3), widths=(32, 64, 128, 256), name="small_cnn"):
+def small_cnn(input_shape=(64, 64, 3), widths=(16, 32, 64, 128), name="small_cnn"):
     """Conv-BN-ReLU stages, each halving the resolution, then global average pooling.
 
     Shape contract: images (B, H, W, 3) in [0, 1] -> features (B, widths[-1]).

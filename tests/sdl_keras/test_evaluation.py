@@ -1,0 +1,92 @@
+"""evaluate_scores: parity with the official evaluation's goldens, a brute-force
+reference for unknown labels and ties, and the table layout."""
+
+import numpy as np
+import pytest
+
+from sdl_keras import evaluation
+from tests import testing
+
+
+@pytest.mark.parametrize("name", ["metrics_n400_c30", "metrics_n1000_c81"])
+def test_matches_official_golden(name):
+    golden = np.load(testing.shared_path("golden", f"{name}.npz"))
+    ks = sorted({int(key[2:].split("_")[0]) for key in golden.files if key.startswith("P@")})
+    results = evaluation.evaluate_scores(golden["scores"], golden["labels"], golden["unseen"], ks)
+    for task in ("zsl", "gzsl"):
+        for metric in ["mAP"] + [f"{m}@{k}" for k in ks for m in ("P", "R", "F1")]:
+            assert results[f"{task}/{metric}"] == pytest.approx(float(golden[f"{metric}_{task}"]), abs=1e-3), (
+                task, metric)
+
+
+def brute_force_ap(scores, labels):
+    """AP of one tag by walking the ranking one image at a time (continuous scores: no ties)."""
+    keep = labels != -1
+    scores, labels = scores[keep], labels[keep]
+    order = np.argsort(-scores)
+    hits, precisions = 0, []
+    for rank, i in enumerate(order, start=1):
+        if labels[i] == 1:
+            hits += 1
+            precisions.append(hits / rank)
+    return float(np.mean(precisions)) if precisions else 0.0
+
+
+def test_average_precision_handles_unknowns_and_ties():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 6, size=(80, 7)).astype(np.float32)  # many ties
+    labels = (rng.random((80, 7)) < 0.3).astype(np.float32)
+    labels[rng.random((80, 7)) < 0.2] = -1
+    ap, has_positive = evaluation.average_precisions(scores, labels)
+    for tag in range(7):
+        column, y = scores[:, tag], labels[:, tag]
+        keep = y != -1
+        expected = []
+        for s in column[keep & (y == 1)]:
+            at_or_above = keep & (column >= s)
+            expected.append((at_or_above & (y == 1)).sum() / at_or_above.sum())
+        assert ap[tag] == pytest.approx(np.mean(expected))
+        assert has_positive[tag]
+
+
+def test_continuous_scores_equal_walking_the_ranking():
+    rng = np.random.default_rng(1)
+    scores = rng.standard_normal((200, 9)).astype(np.float32)
+    labels = (rng.random((200, 9)) < 0.2).astype(np.float32)
+    labels[rng.random((200, 9)) < 0.1] = -1
+    ap, _ = evaluation.average_precisions(scores, labels)
+    for tag in range(9):
+        assert ap[tag] == pytest.approx(brute_force_ap(scores[:, tag], labels[:, tag]))
+
+
+def test_unknown_labels_are_never_hits_and_subsets_follow_the_protocol():
+    scores = np.array([[0.9, 0.8, 0.1], [0.2, 0.9, 0.8], [0.5, 0.4, 0.3]], np.float32)
+    labels = np.array([[-1, 1, 0], [0, 0, 1], [0, 0, 0]], np.float32)
+    results = evaluation.evaluate_scores(scores, labels, unseen=[2], ks=(1,))
+    # GZSL: images 0 and 1 (image 2 has no positive); top-1 hits: image 0 -> tag 0 (unknown, no hit),
+    # image 1 -> tag 1 (negative).
+    assert results["gzsl/num_images"] == 2 and results["gzsl/P@1"] == 0.0
+    # ZSL: only tag 2, only image 1, whose top-1 among unseen tags is a hit.
+    assert results["zsl/num_images"] == 1 and results["zsl/P@1"] == 100.0 and results["zsl/mAP"] == 100.0
+
+
+def test_random_scores_sit_at_chance_and_table_has_paper_layout():
+    rng = np.random.default_rng(2)
+    labels = (rng.random((3000, 20)) < 0.1).astype(np.float32)
+    results = evaluation.evaluate_scores(evaluation.random_scores(labels.shape), labels, range(15, 20))
+    assert results["gzsl/mAP"] == pytest.approx(100 * labels[labels.any(1)].mean(), abs=3)
+    table = evaluation.format_table({"random": results}, ks=(3, 5)).splitlines()
+    assert [cell.strip() for cell in table[0].split("|")] == [
+        "Method", "Task", "P@3", "R@3", "F1@3", "P@5", "R@5", "F1@5", "mAP"]
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["ZSL", "GZSL"]
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match=r"scores \(2, 3\) and labels \(2, 4\)"):
+        evaluation.evaluate_scores(np.zeros((2, 3)), np.zeros((2, 4)), [0])
+    with pytest.raises(ValueError, match="unseen indices"):
+        evaluation.evaluate_scores(np.zeros((2, 3)), np.zeros((2, 3)), [3])
+
+
+if __name__ == "__main__":
+    testing.run(__file__)
