@@ -18,6 +18,7 @@ import concurrent.futures
 import os
 
 import numpy as np
+from keras import ops
 
 
 
@@ -50,18 +51,21 @@ def average_precisions(scores, labels, images=None):
         block = slice(tags[0], tags[-1] + 1)
         columns = np.array(scores[:, block].T)
         block_labels = labels[:, block].T
+        positives = block_labels == 1
         left_out = block_labels == -1
         if images is not None:
             left_out |= ~images[None, :]
-        # Left-out images get -inf: never at or above a positive's finite score.
-        columns[left_out] = -np.inf
-        positives = (block_labels == 1) & ~left_out
+            positives &= images[None, :]
+        if left_out.any():
+            # Left-out images get -inf: never at or above a positive's finite score.
+            np.putmask(columns, left_out, -np.inf)
         for column, is_positive, tag in zip(columns, positives, tags):
             pos = column[is_positive]
             if not pos.size:
                 continue
-            column.sort()
-            images_at_or_above = column.size - np.searchsorted(column, pos, side="left")
+            # Only images scoring at least the lowest positive can rank above a positive.
+            ahead = np.sort(column[column >= pos.min()])
+            images_at_or_above = ahead.size - np.searchsorted(ahead, pos, side="left")
             positives_at_or_above = pos.size - np.searchsorted(np.sort(pos), pos, side="left")
             ap[tag] = np.mean(positives_at_or_above / images_at_or_above)
             has_positive[tag] = True
@@ -71,20 +75,10 @@ def average_precisions(scores, labels, images=None):
 
 
 def top_k_indices(scores, k):
-    """(N, k) indices of each row's k highest scores, best first (row blocks on all cores)."""
+    """(N, k) indices of each row's k highest scores, best first (lower index on ties)."""
     scores = np.asarray(scores, dtype=np.float32)
-    k = min(int(k), scores.shape[1])
-    out = np.empty((scores.shape[0], k), dtype=np.int64)
-
-    def top_block(rows):
-        if rows.size:
-            block = slice(rows[0], rows[-1] + 1)
-            part = np.argpartition(-scores[block], k - 1, axis=1)[:, :k]
-            order = np.argsort(-np.take_along_axis(scores[block], part, axis=1), axis=1, kind="stable")
-            out[block] = np.take_along_axis(part, order, axis=1)
-
-    _parallel(top_block, scores.shape[0])
-    return out
+    _, indices = ops.top_k(scores, min(int(k), scores.shape[1]))
+    return ops.convert_to_numpy(indices)
 
 
 def _parallel(fn, size):

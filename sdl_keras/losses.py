@@ -148,11 +148,12 @@ class SDLLoss(keras.losses.Loss):
         rank = ops.sum(margins * pair_mask, axis=(1, 2))
 
         if self.diversity_weight:
-            # Equation 3 from sums over the positives (all of them, not only the P slots).
-            sum_v = ops.matmul(positives, vectors)
-            sum_v2 = ops.matmul(positives, ops.square(vectors))
+            # Equation 3 over the gathered positives: (B, P, d), where P holds all of them.
+            positive_vectors = ops.take(vectors, slots, axis=0) * slot_mask[:, :, None]
             n = num_pos[:, None]
-            variance = (sum_v2 - ops.square(sum_v) / ops.maximum(n, 1.0)) / ops.maximum(n - 1.0, 1.0)
+            mean = ops.sum(positive_vectors, axis=1) / ops.maximum(n, 1.0)
+            deviations = (positive_vectors - mean[:, None, :]) * slot_mask[:, :, None]
+            variance = ops.sum(ops.square(deviations), axis=1) / ops.maximum(n - 1.0, 1.0)
             weight = 1.0 + ops.where(num_pos >= 2, ops.sum(variance, axis=-1), 0.0)
         else:
             weight = ops.ones_like(num_pos)

@@ -6,8 +6,14 @@ AGGREGATIONS = ("max", "l2")
 
 
 def row_tag_products(A, tag_vectors):
-    """(B, M, d) x (C, d) -> (B, M, C): every principal direction against every tag."""
-    return ops.einsum("bmd,cd->bmc", A, ops.cast(tag_vectors, A.dtype))
+    """(B, M, d) x (C, d) -> (B, M, C): every principal direction against every tag.
+
+    One (B*M, d) x (d, C) matrix product, the form BLAS and XLA run fastest.
+    """
+    tag_vectors = ops.cast(tag_vectors, A.dtype)
+    num_rows, dim = A.shape[1], A.shape[2]
+    flat = ops.matmul(ops.reshape(A, (-1, dim)), ops.transpose(tag_vectors))
+    return ops.reshape(flat, (-1, num_rows, ops.shape(tag_vectors)[0]))
 
 
 def aggregate_rows(products, aggregation="max"):
