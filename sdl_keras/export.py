@@ -17,6 +17,7 @@ and, beside the versions, the TF Serving deployment files `models.config` and
 `batching_parameters.txt` (saved_models/README.md shows the serving command).
 """
 
+import json
 import os
 import shutil
 
@@ -24,8 +25,10 @@ import numpy as np
 
 from sdl_keras.embeddings import TagVocabulary
 
-SIGNATURES = ("serving_default", "matrix", "score_tags")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+# TF Serving's --enable_batching: up to 32 images a batch, waiting at most 2 ms for them.
+BATCHING_PARAMETERS = {"max_batch_size": 32, "batch_timeout_micros": 2000, "max_enqueued_batches": 100, "num_batch_threads": 4}
 
 # Ops that call back into the Python interpreter: a SavedModel holding one cannot
 # be loaded by TF Serving (or anything without the exporting process).
@@ -48,7 +51,7 @@ def load_checkpoint(path):
     """The Keras model of a training checkpoint (`model.keras`), not compiled."""
     import keras
 
-    import sdl_keras.layers  # noqa: F401  registers MatrixHead for deserialization
+    import sdl_keras.models  # noqa: F401  registers the head's and backbones' layers for deserialization
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"Checkpoint not found: {path}")
@@ -70,8 +73,12 @@ def check_model(model, vocabulary, source="the model"):
     return in_shape[1], out_shape[1], out_shape[2]
 
 
-def build_export_archive(model, vocabulary, top_k=10, resize_method="bilinear"):
-    """A `keras.export.ExportArchive` holding the three SDL signatures (module docstring)."""
+def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="none"):
+    """A `keras.export.ExportArchive` holding the three SDL signatures (module docstring).
+
+    `aggregation` and `crop` must be the run's (its config.json): tags are scored and
+    images decoded as in training and evaluation.
+    """
     import keras
 
     from sdl_keras.scoring import tag_scores
@@ -83,7 +90,7 @@ def build_export_archive(model, vocabulary, top_k=10, resize_method="bilinear"):
         raise ValueError(f"top_k must be in [1, {len(vocabulary)}] (the vocabulary's size), got {top_k}.")
     top_k = int(top_k)
     tag_names = tf.constant(vocabulary.tags, dtype=tf.string)
-    tag_vectors = tf.constant(vocabulary.vectors, dtype=tf.float32)
+    vocabulary_vectors = tf.constant(vocabulary.vectors, dtype=tf.float32)
     unseen = np.zeros(len(vocabulary), dtype=bool)
     unseen[list(vocabulary.unseen)] = True
     unseen = tf.constant(unseen)
@@ -91,10 +98,10 @@ def build_export_archive(model, vocabulary, top_k=10, resize_method="bilinear"):
     images_spec = tf.TensorSpec([None], tf.string, name="images")
 
     def matrix_of(images):
-        return model(decode_images(images, image_size, resize_method), training=False)
+        return model(decode_images(images, image_size, crop), training=False)
 
     def serving_default(images):
-        scores, rows = tag_scores(matrix_of(images), tag_vectors)
+        scores, rows = tag_scores(matrix_of(images), vocabulary_vectors, aggregation)
         top_scores, top = tf.math.top_k(scores, k=top_k)
         return {
             "tags": tf.gather(tag_names, top),
@@ -109,7 +116,7 @@ def build_export_archive(model, vocabulary, top_k=10, resize_method="bilinear"):
     def score_tags(images, tag_vectors):
         # Served tags are scored like the vocabulary's, whose vectors are l2-normalized
         # (DESIGN.md conventions); raw word vectors would otherwise score on another scale.
-        scores, _ = tag_scores(matrix_of(images), tf.math.l2_normalize(tag_vectors, axis=-1))
+        scores, _ = tag_scores(matrix_of(images), tf.math.l2_normalize(tag_vectors, axis=-1), aggregation)
         return {"scores": scores}
 
     archive = keras.export.ExportArchive()
@@ -154,7 +161,7 @@ def write_warmup_requests(saved_model_dir, model_name, image_size):
         writer.write(log.SerializeToString())
 
 
-def write_serving_config(base_path, model_name, serving_base_path=None, num_versions=2, batching=None):
+def write_serving_config(base_path, model_name, serving_base_path=None, num_versions=2):
     """Writes `models.config` and `batching_parameters.txt` beside a model's versions.
 
     `models.config` is a ModelServerConfig text proto naming the newest `num_versions`
@@ -175,19 +182,11 @@ def write_serving_config(base_path, model_name, serving_base_path=None, num_vers
     model.model_version_policy.specific.versions.extend(versions[-max(1, int(num_versions)) :])
     with open(os.path.join(base_path, "models.config"), "w") as f:
         f.write(text_format.MessageToString(config))
-
     # BatchingParameters (tensorflow_serving/servables/tensorflow/session_bundle_config.proto),
     # whose Python module the serving API package does not ship: written as text.
-    batching = {
-        "max_batch_size": 32,
-        "batch_timeout_micros": 2000,
-        "max_enqueued_batches": 100,
-        "num_batch_threads": 4,
-        **(batching or {}),
-    }
     with open(os.path.join(base_path, "batching_parameters.txt"), "w") as f:
-        for key, value in batching.items():
-            f.write(f"{key} {{ value: {int(value)} }}\n")
+        for key, value in BATCHING_PARAMETERS.items():
+            f.write(f"{key} {{ value: {value} }}\n")
 
 
 def read_saved_model(saved_model_dir):
@@ -222,7 +221,8 @@ def export_model(
     base_path,
     version=None,
     top_k=10,
-    resize_method="bilinear",
+    aggregation="max",
+    crop="none",
     model_name=None,
     serving_base_path=None,
     num_versions=2,
@@ -245,7 +245,7 @@ def export_model(
     staging = os.path.join(base_path, f".exporting-{version}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        build_export_archive(model, vocabulary, top_k, resize_method).write_out(staging, verbose=False)
+        build_export_archive(model, vocabulary, top_k, aggregation, crop).write_out(staging, verbose=False)
         bad = python_ops(staging)
         if bad:
             raise ValueError(f"The exported graph holds ops TF Serving cannot run: {bad}")
@@ -257,38 +257,53 @@ def export_model(
     return target
 
 
+def run_settings(run_dir):
+    """The scoring and decoding settings of a training run: its config.json's
+    `aggregation` and `crop`, with the defaults for runs that do not record them."""
+    settings = {"aggregation": "max", "crop": "none"}
+    path = os.path.join(run_dir, "config.json") if run_dir else None
+    if path and os.path.exists(path):
+        with open(path) as f:
+            config = json.load(f)
+        settings.update({k: config[k] for k in settings if config.get(k) is not None})
+    return settings
+
+
 def main(argv):
     from absl import flags
 
-    flags_ = flags.FLAGS
+    FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise SystemExit(f"Unexpected arguments: {argv[1:]}")
-    checkpoint = flags_.checkpoint or (flags_.run_dir and os.path.join(flags_.run_dir, "model.keras"))
-    vocabulary = flags_.vocabulary or (flags_.run_dir and os.path.join(flags_.run_dir, "vocabulary.npz"))
+    checkpoint = FLAGS.checkpoint or (FLAGS.run_dir and os.path.join(FLAGS.run_dir, "model.keras"))
+    vocabulary = FLAGS.vocabulary or (FLAGS.run_dir and os.path.join(FLAGS.run_dir, "vocabulary.npz"))
     if not checkpoint or not vocabulary:
         raise SystemExit("Pass --run_dir, or both --checkpoint and --vocabulary.")
-    name = flags_.name or os.path.basename(os.path.normpath(flags_.run_dir or os.path.dirname(checkpoint)))
+    name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.run_dir or os.path.dirname(checkpoint)))
+    settings = run_settings(FLAGS.run_dir or os.path.dirname(checkpoint))
+    settings.update({k: getattr(FLAGS, k) for k in settings if getattr(FLAGS, k)})
     model = load_checkpoint(checkpoint)
     vocab = TagVocabulary.load(vocabulary)
     check_model(model, vocab, source=checkpoint)
     path = export_model(
         model,
         vocab,
-        os.path.join(flags_.output_dir, name),
-        version=flags_.version or None,
-        top_k=flags_.top_k,
-        resize_method=flags_.resize_method,
+        os.path.join(FLAGS.output_dir, name),
+        version=FLAGS.version or None,
+        top_k=FLAGS.top_k,
         model_name=name,
-        serving_base_path=flags_.serving_base_path or None,
-        num_versions=flags_.num_versions,
+        serving_base_path=FLAGS.serving_base_path or None,
+        num_versions=FLAGS.num_versions,
+        **settings,
     )
-    print(f"Exported {checkpoint} with {len(vocab)} tags ({len(vocab.unseen)} unseen) to {path}")
+    print(
+        f"Exported {checkpoint} with {len(vocab)} tags ({len(vocab.unseen)} unseen), "
+        f"{settings['aggregation']} aggregation, crop {settings['crop']}, to {path}"
+    )
 
 
 def define_flags():
     from absl import flags
-
-    from sdl_keras.serving.decoding import RESIZE_METHODS
 
     flags.DEFINE_string("run_dir", None, "A training run directory holding model.keras and vocabulary.npz.")
     flags.DEFINE_string("checkpoint", None, "The .keras checkpoint (default: <run_dir>/model.keras).")
@@ -297,9 +312,10 @@ def define_flags():
     flags.DEFINE_string("name", None, "The model name (default: the run directory's name).")
     flags.DEFINE_integer("version", 0, "The version to write; 0 picks the next free one.")
     flags.DEFINE_integer("top_k", 10, "Tags that serving_default returns per image.")
-    flags.DEFINE_enum("resize_method", "bilinear", list(RESIZE_METHODS), "How images are resized in the graph.")
     flags.DEFINE_string("serving_base_path", None, "The model's path as TF Serving sees it (default /models/<name>).")
     flags.DEFINE_integer("num_versions", 2, "The newest versions models.config asks TF Serving to serve.")
+    flags.DEFINE_enum("aggregation", None, ["max", "l2"], "Row aggregation (default: the run's config.json, else max).")
+    flags.DEFINE_enum("crop", None, ["none", "center"], "Image crop (default: the run's config.json, else none).")
 
 
 if __name__ == "__main__":

@@ -7,42 +7,35 @@ TensorFlow and no knowledge of the model's input size.
 """
 
 import io
+import re
 
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 FORMATS = ("JPEG", "PNG", "GIF", "BMP")
-RESIZE_METHODS = ("bilinear", "bicubic", "area", "nearest")
 
 
-def decode_images(encoded, image_size, resize_method="bilinear"):
+def decode_images(encoded, image_size, crop="none"):
     """Decodes a batch of encoded images to the SDL model's input.
 
-    Shape contract: encoded (B,) string -> (B, image_size, image_size, 3) float32 in
-    the uint8 range [0, 255], the range `build_sdl_model` takes (its preprocessing
-    layer rescales). Grayscale and RGBA images become RGB; an animated GIF gives its
-    first frame (`expand_animations=False`), so every image is one (H, W, 3) array.
-    Images of any size are resized to the model's square input (aspect not kept, as
-    in the official inference script). A batch must hold at least one image.
+    Shape contract: encoded (B,) string -> (B, image_size, image_size, 3) float32 holding
+    whole grey levels in [0, 255], the range `build_sdl_model` takes (its preprocessing
+    layer rescales). Each image goes through `pipelines.data.decode_resize`, the decoder
+    of training and evaluation, so a served image reaches the model exactly as the
+    evaluated ones did (`crop` as in training). Grayscale and RGBA images become RGB; an
+    animated GIF gives its first frame. A batch must hold at least one image.
     """
-    if resize_method not in RESIZE_METHODS:
-        raise ValueError(f"resize_method must be one of {RESIZE_METHODS}, got {resize_method!r}.")
-    size = (int(image_size), int(image_size))
+    from pipelines.data import decode_resize
 
-    def decode_one(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-        image = tf.image.resize(tf.cast(image, tf.float32), size, method=resize_method, antialias=True)
-        # Resizing overshoots [0, 255] a little (bicubic ringing); the model saw uint8 pixels.
-        return tf.clip_by_value(image, 0.0, 255.0)
-
+    size = int(image_size)
     # TF Serving answers a failed Assert with INVALID_ARGUMENT and this message.
     check = tf.debugging.assert_positive(tf.size(encoded), message="images is an empty batch")
     with tf.control_dependencies([check]):
         encoded = tf.identity(encoded)
     return tf.map_fn(
-        decode_one,
+        lambda data: tf.cast(decode_resize(data, size, crop), tf.float32),
         encoded,
-        fn_output_signature=tf.TensorSpec((*size, 3), tf.float32),
+        fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32),
         name="decode_images",
     )
 
@@ -60,8 +53,10 @@ def image_header(data):
         with Image.open(io.BytesIO(data)) as image:
             fmt, (width, height) = image.format, image.size
     except Exception as error:  # PIL raises several types for unreadable headers
+        # PIL's "cannot identify" message names only a BytesIO object; other errors say more.
+        detail = "" if isinstance(error, UnidentifiedImageError) else f": {error}"
         raise ValueError(
-            f"is not a JPEG, PNG, GIF or BMP image ({len(data)} bytes starting {bytes(data[:8])!r}: {error})"
+            f"is not a JPEG, PNG, GIF or BMP image ({len(data)} bytes starting {bytes(data[:8])!r}{detail})"
         ) from None
     if fmt not in FORMATS:
         raise ValueError(f"is a {fmt} image; the model decodes only {', '.join(FORMATS)}")
@@ -88,5 +83,15 @@ def find_undecodable(images):
         try:
             tf.io.decode_image(data, channels=3, expand_animations=False)
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-            return index, error.message.strip().splitlines()[0]
+            return index, error_text(error)
     return None
+
+
+def error_text(error):
+    """The line of a TensorFlow error that says what went wrong, without node names and
+    the graph-execution preamble."""
+    for line in error.message.splitlines():
+        line = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]|\[\[.*", "", line).strip()
+        if line and not line.startswith(("Graph execution error", "Detected at node", "<stack traces")):
+            return line
+    return error.message.strip()

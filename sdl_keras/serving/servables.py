@@ -14,7 +14,7 @@ import grpc
 import tensorflow as tf
 
 from sdl_keras.export import WARMUP_FILE, list_versions, read_saved_model
-from sdl_keras.serving.decoding import check_image, find_undecodable
+from sdl_keras.serving.decoding import check_image, error_text, find_undecodable
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class Servable:
             bad = find_undecodable(inputs[IMAGES]) if IMAGES in inputs else None
             if bad is not None:
                 raise invalid(f"images[{bad[0]}] cannot be decoded: {bad[1]}") from None
-            raise invalid(error.message.strip().splitlines()[0]) from None
+            raise invalid(error_text(error)) from None
         return {k: v.numpy() for k, v in outputs.items() if not output_filter or k in output_filter}
 
     def warm_up(self):
@@ -246,15 +246,4 @@ class VersionedModel:
             if not rows:
                 raise not_found(f"Model {self.name!r} has no version {version} (known: {sorted(v for v, *_ in self.status())}).")
         return sorted(rows)
-
-
-def as_numpy_inputs(tensors):
-    """{name: numpy array} from {name: TensorProto}, INVALID_ARGUMENT for malformed ones."""
-    arrays = {}
-    for key, proto in tensors.items():
-        try:
-            arrays[key] = tf.make_ndarray(proto)
-        except Exception as error:
-            raise invalid(f"Input {key!r} is not a valid TensorProto: {error}") from None
-    return arrays
 
