@@ -11,6 +11,8 @@ import pytest
 
 from pipelines.demo import DemoConfig, make_demo_dataset
 from sdl_keras import inference, training
+from sdl_keras.embeddings import TagVocabulary
+from sdl_keras.losses import SDLLoss
 from tests import testing
 
 
@@ -50,6 +52,20 @@ def test_training_labels_must_not_hold_unseen_tags(demo, tmp_path):
     config = demo_config(files, str(tmp_path / "run"), train_source=files["test.jsonl"])
     with pytest.raises(ValueError, match="labelled with unseen tag"):
         training.train(config)
+
+
+def test_compiled_model_saves_with_its_loss_and_metrics(tmp_path):
+    vocabulary = TagVocabulary(["a b", "c d", "e f", "g h"], np.random.default_rng(0).standard_normal((4, 8)), [3])
+    config = training.TrainConfig(backbone="small_cnn", image_size=16, num_rows=2, reg_weight=0.1, jit_compile=False)
+    model = training.build_compiled_model(config, vocabulary, max_positives=2, total_steps=10)
+    images = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3)).astype(np.float32)
+    labels = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]], np.float32)
+    model.fit(images, labels, epochs=1, verbose=0)
+    restored = testing.check_keras_saving(model, images, tmp_path)
+    assert isinstance(restored.loss, SDLLoss) and restored.loss.get_config() == model.loss.get_config()
+    assert restored.loss.max_positives == 2 and restored.loss.reg_weight == 0.1
+    logs = restored.evaluate(images, labels, verbose=0, return_dict=True)
+    assert {"loss", "P@3", "mAP"} <= set(logs)
 
 
 def test_config_round_trip(tmp_path):
