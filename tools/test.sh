@@ -8,7 +8,7 @@ if ! command -v bazel >/dev/null 2>&1 || [ ! -d /usr/share/bazel/rules/java ]; t
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq bazel-bootstrap bazel-rules-java
 fi
-tools/venv.sh
+tools/venv.sh requirements-dev.txt
 # The tests run under the project's interpreter, deliberately: --python_path with
 # Python toolchains off (.bazelrc), not whatever python3 is first on PATH.
 set +e

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates (or refreshes) the project virtualenv .venv from requirements.txt.
-# Re-running is cheap: packages are reinstalled only when requirements.txt changes.
+# Creates (or refreshes) the project virtualenv .venv from a requirements file
+# (default requirements.txt; tools/test.sh passes requirements-dev.txt).
+# Re-running is cheap: packages are reinstalled only when the requirements change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -12,10 +13,11 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+requirements=${1:-requirements.txt}
 stamp=.venv/.requirements.sha256
-wanted=$(sha256sum requirements.txt | cut -d' ' -f1)
+wanted=$(cat requirements*.txt | sha256sum | cut -d' ' -f1)-$requirements
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
+  .venv/bin/python -m pip install -q -r "$requirements"
   echo "$wanted" > "$stamp"
 fi
