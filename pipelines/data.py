@@ -1,7 +1,33 @@
-"""tf.data pipelines: (image bytes or path, labels) -> batches of (uint8 images, float labels)."""
+"""tf.data pipelines: (image bytes or path, labels) -> batches of (uint8 images, float labels).
 
+Two sources: image files with a label matrix (`image_label_dataset`), and TFRecord
+shards written by pipelines.tfrecord (`tfrecord_dataset`, what large datasets should
+use: a few hundred sequential files instead of millions of small ones). Both decode
+and resize in parallel on the CPU (AUTOTUNE), with libjpeg's fast paths where they
+save work (`decode_resize`), and batch and prefetch; augmentation runs on the device,
+in the model (pipelines/augment.py).
+
+Unreadable image files (missing, zero-byte, truncated, corrupt, not an image) never
+stop a run: they are dropped and counted per pass over the data in an
+`UnreadableImageCounter`, which `UnreadableImagesLogger` logs each epoch. With
+`strict=True` the first one is an error naming the file instead. TFRecords hold only
+images that decoded at conversion, where the unreadable ones were listed.
+"""
+
+import logging
+import re
+
+import keras
 import numpy as np
 import tensorflow as tf
+
+from pipelines.tfrecord import UnreadableImageError, parse_image, parse_labels
+
+logger = logging.getLogger(__name__)
+
+CROPS = ("none", "center")
+# libjpeg can scale by these factors while decoding (it computes fewer DCT coefficients).
+_JPEG_RATIOS = (1, 2, 4, 8)
 
 
 def check_positives_bound(labels, max_positives, ids=None):
@@ -27,6 +53,162 @@ def decode_image(data, image_size):
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
+def _to_uint8(image):
+    # Bilinear and antialiased resizing average their inputs, so values stay in [0, 255]:
+    # rounding needs no clipping.
+    return tf.cast(image + 0.5, tf.uint8)
+
+
+def _decode_jpeg(data, image_size, crop):
+    """JPEG -> (S, S, 3) uint8. libjpeg decodes at 1/2, 1/4 or 1/8 scale (fewer DCT
+    coefficients, a smaller image) when the short side stays at least S, so the resize
+    after it shrinks the short side less than 2x and plain bilinear suffices; with
+    crop="center" it decodes only the central square (decode-and-crop)."""
+    shape = tf.io.extract_jpeg_shape(data)
+    height, width = shape[0], shape[1]
+    index = tf.reduce_sum(tf.cast(tf.minimum(height, width) >= [r * image_size for r in _JPEG_RATIOS[1:]], tf.int32))
+
+    def branch(ratio):
+        def decode():
+            if crop == "center":
+                # The crop window is in the scaled image's coordinates (libjpeg rounds up).
+                scaled_h, scaled_w = -(-height // ratio), -(-width // ratio)
+                side = tf.minimum(scaled_h, scaled_w)
+                window = tf.stack([(scaled_h - side) // 2, (scaled_w - side) // 2, side, side])
+                image = tf.io.decode_and_crop_jpeg(data, window, channels=3, ratio=ratio)
+            else:
+                image = tf.io.decode_jpeg(data, channels=3, ratio=ratio)
+            return _to_uint8(tf.image.resize(image, (image_size, image_size)))
+
+        return decode
+
+    image = tf.switch_case(index, [branch(r) for r in _JPEG_RATIOS])
+    image.set_shape([image_size, image_size, 3])
+    return image
+
+
+def _decode_other(data, image_size, crop):
+    """PNG/GIF/BMP/WebP -> (S, S, 3) uint8, antialiased: no decoder scaling helps here."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    if crop == "center":
+        shape = tf.shape(image)
+        side = tf.minimum(shape[0], shape[1])
+        image = tf.image.crop_to_bounding_box(image, (shape[0] - side) // 2, (shape[1] - side) // 2, side, side)
+    image = _to_uint8(tf.image.resize(image, (image_size, image_size), antialias=True))
+    image.set_shape([image_size, image_size, 3])
+    return image
+
+
+def _check_crop(crop):
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}.")
+
+
+def decode_resize(data, image_size, crop="none"):
+    """Encoded JPEG/PNG/GIF/BMP/WebP bytes -> (image_size, image_size, 3) uint8.
+
+    crop="none" resizes the whole image to a square (as the official code does);
+    "center" keeps the aspect ratio and takes the central square. JPEGs use libjpeg's
+    fast paths (`_decode_jpeg`): decoding at reduced scale, and decode-and-crop.
+    """
+    _check_crop(crop)
+    return tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: _decode_jpeg(data, image_size, crop),
+        lambda: _decode_other(data, image_size, crop),
+    )
+
+
+class UnreadableImageCounter:
+    """How many images pipelines dropped as unreadable. A pipeline adds a pass's count when
+    the pass ends, so over an epoch that is one pass, the increase of `total` is that
+    epoch's count. Give each pipeline its own counter to tell them apart."""
+
+    def __init__(self, name="unreadable_images"):
+        self.name = name
+        self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
+
+    @property
+    def total(self):
+        return int(self.variable.numpy())
+
+
+class UnreadableImagesLogger(keras.callbacks.Callback):
+    """Logs, after each epoch, how many unreadable images the training pipeline dropped,
+    and adds the count to the epoch's logs (so to the History and TensorBoard)."""
+
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+        self._last = counter.total
+
+    def on_epoch_end(self, epoch, logs=None):
+        total = self.counter.total
+        count, self._last = total - self._last, total
+        if logs is not None:
+            logs[self.counter.name] = count
+        log = logger.warning if count else logger.info
+        log("Epoch %d: %d unreadable image(s) skipped (%d in all).", epoch + 1, count, total)
+
+
+def _skip_unreadable(one_pass, decode, repeat, counter, strict, deterministic):
+    """Maps `decode` over `one_pass` in parallel, dropping the elements whose decoding
+    fails and adding each pass's number of them to `counter`.
+
+    The decode function counts its calls before decoding and its successes after; an
+    element-free dataset concatenated after each pass adds calls minus successes to
+    the counter once the pass's last element is through (concatenate moves on only
+    when the pass is exhausted), so the count costs two additions per image.
+    """
+    calls = tf.Variable(0, dtype=tf.int64, trainable=False)
+    successes = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def counted(*item):
+        with tf.control_dependencies([calls.assign_add(1)]):
+            outputs = decode(*item)
+        with tf.control_dependencies(tf.nest.flatten(outputs)):
+            done = successes.assign_add(1)
+        with tf.control_dependencies([done]):
+            return tf.nest.map_structure(tf.identity, outputs)
+
+    dataset = one_pass.map(counted, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if not strict:
+        dataset = dataset.ignore_errors()
+
+    def end_of_pass(_):
+        with tf.control_dependencies([counter.variable.assign_add(calls - successes)]):
+            with tf.control_dependencies([calls.assign(0), successes.assign(0)]):
+                return tf.nest.map_structure(lambda spec: tf.zeros([d or 0 for d in spec.shape], spec.dtype),
+                                             dataset.element_spec)
+
+    end = tf.data.Dataset.range(1).map(end_of_pass).filter(lambda *_: False)
+    dataset = dataset.concatenate(end)
+    return dataset.repeat() if repeat else dataset
+
+
+def find_unreadable(paths, crop="none"):
+    """The paths among `paths` that the pipelines cannot read or decode, in order, each
+    with the reason TensorFlow gives. Decodes every file once, in parallel."""
+    paths = list(paths)
+    dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
+    dataset = dataset.map(
+        # reduce_max uses the pixels, so the decode cannot be optimized away.
+        lambda i, path: (i, tf.reduce_max(decode_resize(tf.io.read_file(path), 32, crop))),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    ).ignore_errors()
+    readable = {int(i) for i, _ in dataset.as_numpy_iterator()}
+    unreadable = []
+    for i in sorted(set(range(len(paths))) - readable):
+        try:
+            decode_resize(tf.io.read_file(paths[i]), 32, crop)
+            reason = "unreadable"
+        except (tf.errors.OpError, ValueError) as error:
+            reason = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", getattr(error, "message", str(error))).strip()
+        unreadable.append((paths[i], reason))
+    return unreadable
+
+
 def image_label_dataset(
     paths,
     labels,
@@ -37,25 +219,113 @@ def image_label_dataset(
     repeat=False,
     deterministic=None,
     drop_remainder=False,
+    crop="none",
+    strict=False,
+    unreadable=None,
 ):
     """Batches of (uint8 images (B, S, S, 3), float32 labels (B, C)) from image files.
 
-    Decoding runs in parallel on the CPU (AUTOTUNE); `deterministic=True` keeps the
-    order fixed for a given seed. Under tf.distribute, pass the global batch size
-    and let `strategy.experimental_distribute_dataset` split it.
+    Decoding runs in parallel on the CPU (AUTOTUNE); `deterministic=False` lets images
+    come out as they are ready, otherwise the order is fixed for a seed. Unreadable
+    files (including formats TensorFlow has no decoder for, such as TIFF: convert
+    those to TFRecords) are dropped and counted in `unreadable` (a new
+    UnreadableImageCounter if None; also `dataset.unreadable_images`); `strict=True`
+    first checks every file (`find_unreadable`) and raises UnreadableImageError naming
+    the first bad one. Under tf.distribute, pass the global batch size and let
+    `strategy.experimental_distribute_dataset` split it.
     """
+    _check_crop(crop)
+    paths = [str(p) for p in paths]
     labels = np.asarray(labels, dtype=np.float32)
     if len(paths) != labels.shape[0]:
         raise ValueError(f"{len(paths)} images but {labels.shape[0]} label rows.")
-    dataset = tf.data.Dataset.from_tensor_slices((list(paths), labels))
+    if strict:
+        bad = find_unreadable(paths, crop)
+        if bad:
+            raise UnreadableImageError(bad[0][0], f"{bad[0][1]} ({len(bad)} unreadable image(s) in all)")
+    counter = unreadable or UnreadableImageCounter()
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
     if shuffle:
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    dataset = _skip_unreadable(
+        dataset,
+        lambda path, label: (decode_resize(tf.io.read_file(path), image_size, crop), label),
+        repeat,
+        counter,
+        strict,
+        deterministic,
+    )
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    # Kept on the dataset so callers can hand it to UnreadableImagesLogger.
+    dataset.unreadable_images = counter
+    return dataset
+
+
+def tfrecord_dataset(
+    file_pattern,
+    num_classes,
+    image_size,
+    batch_size,
+    shuffle=False,
+    seed=None,
+    repeat=False,
+    deterministic=None,
+    drop_remainder=False,
+    crop="none",
+    shuffle_buffer=8192,
+    input_context=None,
+):
+    """Batches of (uint8 images (B, S, S, 3), float32 labels (B, C) with -1 unknowns) from
+    TFRecord shards (pipelines.tfrecord; `file_pattern` a glob or a list of files).
+
+    Shards are read `interleave`d in parallel; with `shuffle`, the shard order is
+    shuffled each pass and records go through a `shuffle_buffer`. Images are decoded
+    one by one in parallel and labels parsed a batch at a time. `deterministic=False`
+    lets records come out as they are ready (faster when a read stalls); True or None
+    keeps the order fixed for a seed. The converter stored only images that decode,
+    so nothing is skipped here: a record that fails is damaged storage, an error.
+    Under tf.distribute, build it in `strategy.distribute_datasets_from_function` with
+    the per-replica batch size and the `input_context`, which splits the shards
+    between input pipelines (see `distribute`).
+    """
+    _check_crop(crop)
+    files = sorted(tf.io.gfile.glob(file_pattern)) if isinstance(file_pattern, str) else list(file_pattern)
+    if not files:
+        raise FileNotFoundError(f"No TFRecord files match {file_pattern!r}.")
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        if len(files) < input_context.num_input_pipelines:
+            raise ValueError(
+                f"{len(files)} TFRecord files for {input_context.num_input_pipelines} input pipelines: "
+                "convert with more shards (--num_shards)."
+            )
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        lambda path: tf.data.TFRecordDataset(path, buffer_size=1 << 22),
+        cycle_length=min(len(files), 16),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic is not False,
+    )
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
+    # The converter stores JPEG only, so the format needs no check.
     dataset = dataset.map(
-        lambda path, label: (decode_image(tf.io.read_file(path), image_size), label),
+        lambda serialized: (_decode_jpeg(parse_image(serialized), image_size, crop), serialized),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    dataset = dataset.map(lambda images, serialized: (images, parse_labels(serialized, num_classes)))
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def distribute(strategy, global_batch_size, build):
+    """A distributed dataset with per-replica batching: `build(batch_size, input_context)`
+    makes one input pipeline's tf.data.Dataset, with batch_size the per-replica size."""
+    return strategy.distribute_datasets_from_function(
+        lambda context: build(context.get_per_replica_batch_size(global_batch_size), context)
+    )

@@ -1,0 +1,123 @@
+"""Input pipeline throughput: decode + resize to 224 + batch, per CPU core.
+
+Generates NUS-WIDE-sized (240 x 180, Flickr's "medium" size) and COCO-sized (640 x 480)
+JPEGs, then measures in one run, alternating rounds:
+  pil       a plain PIL + NumPy loader, one image at a time: open, convert("RGB"),
+            resize((224, 224), BILINEAR), np.asarray, np.stack per batch (the official
+            PyTorch code's approach, without the framework around it)
+  tf files  pipelines.data.image_label_dataset over the image files
+  tf records pipelines.data.tfrecord_dataset over TFRecord shards of the same images
+Per-core figures are images per CPU-second of this process (user + sys over all its
+threads), so they hold on a shared machine and compare a one-thread loader with a
+pipeline that uses every core; wall-clock images/s are shown beside them.
+
+  python benchmarks/input_pipeline.py [--images=400] [--rounds=3]
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from PIL import Image  # noqa: E402
+
+flags.DEFINE_integer("images", 400, "JPEGs generated per image size.")
+flags.DEFINE_integer("rounds", 3, "Alternating rounds; each loader's best is kept.")
+FLAGS = flags.FLAGS
+
+IMAGE_SIZE = 224
+BATCH = 64
+SIZES = {"NUS-WIDE 240x180": (240, 180), "COCO 640x480": (640, 480)}
+
+
+def photo_like(width, height, rng):
+    """Smooth shapes plus fine texture: JPEG sizes like real photos' (~1.5 bits per pixel)."""
+    coarse = rng.integers(0, 256, (height // 24 + 2, width // 24 + 2, 3), dtype=np.uint8)
+    image = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16)
+    image = image + rng.normal(0, 6, (height, width, 1)).astype(np.int16)
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+
+
+def make_images(folder, size, count, seed):
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        path = os.path.join(folder, f"{i:05d}.jpg")
+        photo_like(*size, rng).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def pil_loader(paths):
+    for start in range(0, len(paths), BATCH):
+        batch = []
+        for path in paths[start:start + BATCH]:
+            with Image.open(path) as image:
+                batch.append(np.asarray(image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)))
+        yield np.stack(batch)
+
+
+def measure(make_batches, passes):
+    """(images per wall second, images per CPU second) over `passes` full passes."""
+    count = 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(passes):
+        for batch in make_batches():
+            count += int(batch.shape[0])
+    return count / (time.perf_counter() - wall), count / (time.process_time() - cpu)
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    from pipelines import data, tfrecord
+    from pipelines.manifest import LabeledImages
+
+    cores = os.cpu_count()
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        for name, size in SIZES.items():
+            folder = os.path.join(root, name.split()[0])
+            os.makedirs(folder)
+            paths = make_images(folder, size, FLAGS.images, seed=len(rows))
+            labels = np.zeros((len(paths), 1006), np.float32)
+            images = LabeledImages(paths, [str(i) for i in range(len(paths))], labels)
+            records = os.path.join(folder, "records")
+            tfrecord.convert(images, records, "train", num_shards=8)
+            mean_kb = np.mean([os.path.getsize(p) for p in paths]) / 1024
+            # Each tf.data pipeline is built once and iterated once per pass, as by model.fit.
+            from_files = data.image_label_dataset(paths, labels, IMAGE_SIZE, BATCH)
+            from_records = data.tfrecord_dataset(
+                tfrecord.shard_pattern(records, "train"), labels.shape[1], IMAGE_SIZE, BATCH, deterministic=False
+            )
+            methods = {
+                "pil": lambda: pil_loader(paths),
+                "tf files": lambda: (x for x, _ in from_files),
+                "tf records": lambda: (x for x, _ in from_records),
+            }
+            for method in methods.values():  # warm-up: graph tracing, file cache
+                measure(method, 1)
+            best = {key: (0.0, 0.0) for key in methods}
+            for _ in range(FLAGS.rounds):
+                for key, method in methods.items():
+                    wall, per_core = measure(method, passes=2)
+                    best[key] = max(best[key], (wall, per_core), key=lambda r: r[1])
+            for key in methods:
+                rows.append((name, f"{mean_kb:.0f} KB", key, *best[key], best[key][1] / best["pil"][1]))
+
+    print(f"\nDecode + resize to {IMAGE_SIZE} + batch {BATCH}; {FLAGS.images} JPEGs per size (quality 90); "
+          f"{cores} CPU cores; TensorFlow {tf.__version__}; best of {FLAGS.rounds} rounds.\n")
+    header = ("images", "mean file", "loader", "images/s (wall)", "images/s per core", "per core vs PIL")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for name, kb, key, wall, per_core, ratio in rows:
+        print(f"| {name} | {kb} | {key} | {wall:,.0f} | {per_core:,.0f} | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    app.run(main)

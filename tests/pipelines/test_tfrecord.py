@@ -1,0 +1,252 @@
+"""TFRecord conversion: the record format round trip, bad images at conversion, sharding,
+resuming after a kill, and the to_tfrecord command line."""
+
+import ast
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl.testing import flagsaver
+from PIL import Image
+
+from pipelines import tfrecord, to_tfrecord
+from pipelines.manifest import LabeledImages, write_manifest
+from tests import testing
+
+
+def encode(image, fmt, **kwargs):
+    out = io.BytesIO()
+    image.save(out, fmt, **kwargs)
+    return out.getvalue()
+
+
+def smooth_image(seed, size=(40, 30)):
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8))
+    return small.resize(size, Image.BILINEAR)
+
+
+def write_files(folder, files):
+    paths = []
+    for name, data in files:
+        path = os.path.join(folder, name)
+        if data is not None:
+            with open(path, "wb") as f:
+                f.write(data)
+        paths.append(path)
+    return paths
+
+
+def bad_and_good_files(folder):
+    """Every kind of file the converter meets: good ones of each format and bad ones."""
+    rgb = smooth_image(0)
+    jpeg = encode(rgb, "JPEG", quality=95)
+    return write_files(folder, [
+        ("rgb.jpg", jpeg),
+        ("gray.jpg", encode(rgb.convert("L"), "JPEG")),
+        ("cmyk.jpg", encode(rgb.convert("CMYK"), "JPEG")),
+        ("image.png", encode(rgb.convert("RGBA"), "PNG")),
+        ("image.gif", encode(rgb, "GIF")),
+        ("image.bmp", encode(rgb, "BMP")),
+        ("image.tiff", encode(rgb, "TIFF")),
+        ("truncated.jpg", jpeg[: len(jpeg) // 2]),
+        ("corrupt.jpg", jpeg[:200] + bytes(range(256)) * 4),
+        ("empty.jpg", b""),
+        ("text.jpg", b"not an image at all"),
+        ("missing.jpg", None),
+    ])
+
+
+def test_labels_round_trip_exactly():
+    rng = np.random.default_rng(0)
+    for default in (0.0, -1.0, 1.0):
+        labels = rng.choice([1.0, 0.0, -1.0], size=37)
+        labels[rng.random(37) < 0.6] = default
+        serialized = tfrecord.make_example(b"\xff\xd8\xffdata", "id/7", labels)
+        data, parsed, image_id = tfrecord.parse_example(tf.constant(serialized), 37)
+        np.testing.assert_array_equal(parsed.numpy(), labels)
+        assert data.numpy() == b"\xff\xd8\xffdata" and image_id.numpy() == b"id/7"
+    with pytest.raises(tf.errors.InvalidArgumentError, match="label/num_classes differs from the 36 tags"):
+        tfrecord.parse_example(tf.constant(serialized), 36)
+    with pytest.raises(ValueError, match="labels must be 1, 0 or -1"):
+        tfrecord.make_example(b"", "x", [0.5, 1.0])
+
+
+def test_prepare_image_keeps_jpegs_reencodes_others_and_rejects_bad_files(tmp_path):
+    paths = bad_and_good_files(str(tmp_path))
+    results = {}
+    for path in paths:
+        try:
+            results[os.path.basename(path)] = tfrecord.prepare_image(path)
+        except tfrecord.UnreadableImageError as error:
+            assert error.path == path and path in str(error)
+            results[os.path.basename(path)] = error.reason
+    for name in ("rgb.jpg", "gray.jpg", "cmyk.jpg"):  # JPEGs TensorFlow decodes: stored as they are
+        assert results[name] == open(tmp_path / name, "rb").read()
+    reference = tf.io.decode_jpeg(results["rgb.jpg"], channels=3).numpy().astype(float)
+    for name in ("image.png", "image.gif", "image.bmp", "image.tiff"):  # re-encoded as JPEG
+        assert results[name][:3] == b"\xff\xd8\xff"
+        decoded = tf.io.decode_jpeg(results[name], channels=3).numpy().astype(float)
+        assert decoded.shape == reference.shape and np.abs(decoded - reference).mean() < 6
+    assert results["empty.jpg"] == "zero-byte file"
+    assert "No such file" in results["missing.jpg"]
+    for name in ("truncated.jpg", "corrupt.jpg", "text.jpg"):
+        assert results[name].startswith("cannot decode"), (name, results[name])
+    big = tmp_path / "big.jpg"
+    big.write_bytes(encode(smooth_image(1, (300, 200)), "JPEG"))
+    assert tf.io.extract_jpeg_shape(tfrecord.prepare_image(str(big), max_side=150)).numpy().tolist() == [100, 150, 3]
+
+
+def labeled(paths, num_classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.choice([1.0, 0.0, -1.0], size=(len(paths), num_classes)).astype(np.float32)
+    return LabeledImages(list(paths), [f"id{i}" for i in range(len(paths))], labels)
+
+
+def read_records(pattern, num_classes):
+    out = {}
+    for path in sorted(tf.io.gfile.glob(pattern)):
+        for serialized in tf.data.TFRecordDataset(path):
+            data, labels, image_id = tfrecord.parse_example(serialized, num_classes)
+            out[image_id.numpy().decode()] = (data.numpy(), labels.numpy())
+    return out
+
+
+def test_convert_writes_shards_and_lists_skipped_images(tmp_path):
+    paths = bad_and_good_files(str(tmp_path))
+    images = labeled(paths)
+    out = str(tmp_path / "records")
+    summary = tfrecord.convert(images, out, "train", num_shards=3, workers=2)
+    assert summary.num_shards == 3 and summary.num_examples == 7
+    assert [os.path.basename(p) for p, _ in summary.skipped] == [
+        "truncated.jpg", "corrupt.jpg", "empty.jpg", "text.jpg", "missing.jpg"]
+    assert sorted(os.listdir(out)) == [
+        "train-00000-of-00003.tfrecord", "train-00001-of-00003.tfrecord", "train-00002-of-00003.tfrecord",
+        "train-conversion.json", "train-info.json", "train-progress.jsonl"]
+    records = read_records(tfrecord.shard_pattern(out, "train"), 5)
+    assert sorted(records) == [f"id{i}" for i in range(7)]
+    for i in range(7):
+        np.testing.assert_array_equal(records[f"id{i}"][1], images.labels[i])
+    info = json.load(open(os.path.join(out, "train-info.json")))
+    assert info["num_examples"] == 7 and len(info["skipped"]) == 5
+    with pytest.raises(tfrecord.UnreadableImageError, match="truncated.jpg"):
+        tfrecord.convert(images, str(tmp_path / "strict"), "train", num_shards=3, strict=True)
+    # Shard 0 was complete; shard 1 holds truncated.jpg and was never written, not even in part.
+    assert sorted(n for n in os.listdir(tmp_path / "strict") if "tfrecord" in n) == ["train-00000-of-00003.tfrecord"]
+
+
+def test_a_killed_conversion_resumes_without_redoing_finished_shards(tmp_path):
+    paths = write_files(str(tmp_path), [(f"{i}.jpg", encode(smooth_image(i), "JPEG")) for i in range(8)])
+    images = labeled(paths)
+    out = str(tmp_path / "records")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two_shards(done, total):
+        if done >= 4:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        tfrecord.convert(images, out, "train", num_shards=4, progress=kill_after_two_shards)
+    first = [tfrecord.shard_path(out, "train", k, 4) for k in range(2)]
+    stamps = [os.stat(p).st_mtime_ns for p in first]
+    # A kill in the middle of shard 2 leaves a temporary file and a torn progress line.
+    open(tfrecord.shard_path(out, "train", 2, 4) + ".tmp-999", "wb").write(b"partial")
+    with open(os.path.join(out, "train-progress.jsonl"), "a") as f:
+        f.write('{"shard": 2, "wri')
+    calls = []
+    summary = tfrecord.convert(images, out, "train", num_shards=4, progress=lambda d, t: calls.append(d))
+    assert calls == [4, 6, 8]  # shards 0 and 1 were not redone
+    assert [os.stat(p).st_mtime_ns for p in first] == stamps
+    assert summary.num_examples == 8 and not [n for n in os.listdir(out) if ".tmp-" in n]
+    assert sorted(read_records(tfrecord.shard_pattern(out, "train"), 5)) == [f"id{i}" for i in range(8)]
+    with pytest.raises(ValueError, match="num_shards differ"):
+        tfrecord.convert(images, out, "train", num_shards=2)
+
+
+def test_command_line_converts_a_manifest_and_writes_the_tag_lists(tmp_path, capsys):
+    for i in range(4):
+        smooth_image(i).save(tmp_path / f"{i}.png")
+    (tmp_path / "3.png").write_bytes(b"broken")
+    write_manifest(str(tmp_path / "m.jsonl"), [(f"{i}.png", ["cat"] if i % 2 else ["dog", "cat"]) for i in range(4)])
+    (tmp_path / "tags.txt").write_text("cat\ndog\n")
+    (tmp_path / "unseen.txt").write_text("dog\n")
+    out = tmp_path / "records"
+    argv = ["to_tfrecord", f"--flagfile={os.path.join(testing.REPO_ROOT, 'configs', 'to_tfrecord.flags')}",
+            "--dataset=manifest", f"--source={tmp_path / 'm.jsonl'}", "--split=test", f"--output_dir={out}",
+            f"--tags={tmp_path / 'tags.txt'}", f"--unseen_tags={tmp_path / 'unseen.txt'}", "--num_shards=2"]
+    with flagsaver.flagsaver():
+        to_tfrecord.FLAGS(argv)
+        to_tfrecord.main([])
+    printed = capsys.readouterr().out
+    assert "Wrote 3 examples in 2 shards" in printed and "3.png" in printed
+    assert (out / "tags.txt").read_text() == "cat\ndog\n" and (out / "unseen_tags.txt").read_text() == "dog\n"
+    records = read_records(tfrecord.shard_pattern(str(out), "test"), 2)
+    np.testing.assert_array_equal(records["0.png"][1], [1, 1])
+    np.testing.assert_array_equal(records["1.png"][1], [1, 0])
+
+
+
+def test_open_images_labels_stream_into_records_sparse(tmp_path):
+    (tmp_path / "train").mkdir()
+    rows = [("a", "/m/1", 1), ("a", "/m/2", 0), ("b", "/m/3", 1), ("b", "/m/9", 1)]
+    with open(tmp_path / "train-annotations-human-imagelabels.csv", "w") as f:
+        f.write("ImageID,Source,LabelName,Confidence\n" + "".join(f"{i},verification,{m},{c}\n" for i, m, c in rows))
+    for image_id in "ab":
+        smooth_image(ord(image_id)).save(tmp_path / "train" / f"{image_id}.jpg")
+    images = to_tfrecord.read_for_conversion(
+        "open_images", str(tmp_path / "train-annotations-human-imagelabels.csv"), "train",
+        ["/m/1", "/m/2", "/m/3", "/m/9"], ["/m/9"])
+    assert not isinstance(images.labels, np.ndarray)  # sparse rows, never a dense matrix
+    tfrecord.convert(images, str(tmp_path / "records"), "train", num_shards=1)
+    records = read_records(tfrecord.shard_pattern(str(tmp_path / "records"), "train"), 4)
+    np.testing.assert_array_equal(records["a"][1], [1, 0, -1, -1])
+    np.testing.assert_array_equal(records["b"][1], [-1, -1, 1, -1])  # /m/9 is unseen: withheld
+
+
+def test_command_line_writes_coco_tag_lists_from_the_real_split(tmp_path):
+    split = testing.shared_path("reference", "coco", "split_48_17.json")
+    argv = ["to_tfrecord", "--dataset=coco", f"--zero_shot_split={split}", f"--source={tmp_path}",
+            f"--output_dir={tmp_path}", "--vocabulary_only"]
+    with flagsaver.flagsaver():
+        to_tfrecord.FLAGS(argv)
+        to_tfrecord.main([])
+    assert len((tmp_path / "tags.txt").read_text().splitlines()) == 65
+    assert len((tmp_path / "unseen_tags.txt").read_text().splitlines()) == 17
+    assert not list(tmp_path.glob("*.tfrecord"))
+
+
+def train_flags():
+    """The train command's flags: the fields of sdl_keras.training.TrainConfig, read from
+    its source (importing it would pull in the whole training stack)."""
+    with open(os.path.join(testing.REPO_ROOT, "sdl_keras", "training.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    config = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainConfig")
+    return {n.target.id for n in config.body if isinstance(n, ast.AnnAssign)}
+
+
+@pytest.mark.parametrize("name", ["nus_wide", "coco", "open_images"])
+def test_dataset_flagfiles_use_the_train_commands_flags(name):
+    from pipelines.datasets import READERS
+
+    fields = train_flags()
+    values = {}
+    for line in open(os.path.join(testing.REPO_ROOT, "configs", f"{name}.flags"), encoding="utf-8"):
+        if line.strip() and not line.startswith("#"):
+            flag, _, value = line.strip().lstrip("-").partition("=")
+            flag = flag[2:] if flag.startswith("no") and flag[2:] in fields else flag
+            assert flag in fields, f"configs/{name}.flags: --{flag} is not a train flag"
+            values[flag] = value
+    assert values["dataset"] == name and name in READERS
+    assert values["image_size"] == "224" and values["learning_rate"] == "1e-4" and values["weight_decay"] == "3e-4"
+    assert values["cutout_rate"] == "0.5" and values["reg_weight"] == "0.3"
+    assert (values["batch_size"], values["epochs"]) == {"nus_wide": ("192", "7"), "coco": ("32", "20"),
+                                                        "open_images": ("96", "7")}[name]
+
+
+if __name__ == "__main__":
+    testing.run(__file__)
