@@ -22,11 +22,16 @@ def build_sdl_model(
     (any dtype) -> A (B, num_rows, embed_dim) float32.
 
     Args:
-        backbone: a name registered in `sdl_keras.models.backbones.BACKBONES`.
+        backbone: a name registered in `sdl_keras.models.backbones.BACKBONES`
+            (tresnet_m|l|xl, resnet50, vgg19, efficientnetv2_s, small_cnn) or
+            "savedmodel:<directory>".
         num_rows: M, principal directions per image (7 in the paper; 1 is Fast0Tag).
         embed_dim: d, the tag-vector size (300 for FastText).
         image_size: the square input size.
-        backbone_weights: passed to the backbone builder (None: random init).
+        backbone_weights: the backbone's weights: None (random init), "imagenet"
+            (keras.applications backbones), a Keras `.weights.h5` of the backbone
+            (e.g. written by `python -m sdl_keras.convert`), or for TResNets a
+            PyTorch checkpoint (`.safetensors`, `.pth`) converted on the fly.
         augmentation: optional Keras layers applied first, active only in training.
         dropout: dropout rate on the pooled features.
     """

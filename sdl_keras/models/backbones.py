@@ -3,11 +3,64 @@
 `build_backbone(name, image_size, weights)` returns `(model, preprocess)`, where
 `preprocess` is the Keras layer that turns uint8-range images [0, 255] into the
 backbone's expected input, so that every backbone takes the same images.
+
+Names: the TResNets of the paper (`tresnet_m`, `tresnet_l`, `tresnet_xl`; inputs in
+[0, 1]), keras.applications models (`resnet50` and `vgg19`, the supplementary's
+choices, "caffe" preprocessing; `efficientnetv2_s`, [-1, 1]), the demo's
+`small_cnn`, and `savedmodel:<directory>`: a SavedModel / TF-Hub-format image
+feature extractor through `keras.layers.TFSMLayer` (TensorFlow backend only),
+fed [0, 1] images as TF-Hub image models expect.
+
+`weights`: None (random), "imagenet" (keras.applications models: downloaded once
+into ~/.keras/models), or a file: a Keras `.weights.h5`, or for TResNets a
+PyTorch checkpoint (`.safetensors`, `.pth`) that `sdl_keras.convert` reads.
 """
 
-import keras
+import os
 
+import keras
+from keras import ops
+
+from sdl_keras.models import tresnet
 from sdl_keras.models.small_cnn import small_cnn
+
+SAVED_MODEL_PREFIX = "savedmodel:"
+# keras.applications' "caffe" mode: BGR channel means of ImageNet.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="sdl_keras")
+class CaffePreprocessing(keras.layers.Layer):
+    """keras.applications' "caffe" preprocessing (ResNet50, VGG19): RGB -> BGR, minus ImageNet's channel means.
+
+    Shape contract: images (B, H, W, 3) RGB in [0, 255] -> (B, H, W, 3) BGR, zero-centred.
+    """
+
+    def call(self, images):
+        bgr = ops.flip(ops.cast(images, self.compute_dtype), axis=-1)
+        return bgr - ops.convert_to_tensor(CAFFE_BGR_MEAN, dtype=self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="sdl_keras")
+class SavedModelLayer(keras.layers.TFSMLayer):
+    """`keras.layers.TFSMLayer` whose reloaded variables an optimizer can train.
+
+    TF names variables "scope/kernel:0"; TFSMLayer keeps the ":0", and the optimizer
+    slots named after it are invalid TF scope names, so fitting failed. The variables
+    are the SavedModel's own (shared, not copied). Arguments as `TFSMLayer`.
+
+    Shape contract: whatever the endpoint maps (here images (B, H, W, 3) -> features).
+    """
+
+    def _add_existing_weight(self, weight):
+        variable = keras.Variable(
+            initializer=weight,
+            trainable=weight.trainable,
+            dtype=weight.dtype,
+            shape=weight.shape,
+            name=weight.name.split(":")[0].replace("/", "_"),
+        )
+        self._track_variable(variable)
 
 
 def _unit_scale():
@@ -20,13 +73,101 @@ def _small_cnn(image_size, weights):
     return small_cnn(input_shape=(image_size, image_size, 3)), _unit_scale()
 
 
+def _tresnet(constructor):
+    def build(image_size, weights):
+        model = constructor(
+            include_top=False, weights=weights, input_shape=(image_size, image_size, 3), pooling="avg"
+        )
+        return model, _unit_scale()
+
+    return build
+
+
+def _keras_application(constructor, preprocess, **kwargs):
+    def build(image_size, weights):
+        if weights not in (None, "imagenet") and not os.path.exists(str(weights)):
+            raise FileNotFoundError(f"{constructor.__name__} weights file not found: {weights}")
+        try:
+            model = constructor(
+                include_top=False,
+                weights=weights,
+                input_shape=(image_size, image_size, 3),
+                pooling="avg",
+                **kwargs,
+            )
+        except Exception as error:
+            # keras.utils.get_file raises a bare Exception when the download fails.
+            if weights != "imagenet" or isinstance(error, ValueError):
+                raise
+            raise RuntimeError(
+                f"Could not get the ImageNet weights of {constructor.__name__} (no network?). Keras "
+                "downloads them once into ~/.keras/models/: run this once on a connected machine and "
+                "copy that folder, pass weights=None, or pass a weights file. Cause: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        return model, preprocess()
+
+    return build
+
+
+def _saved_model(path, image_size, weights):
+    if weights is not None:
+        raise ValueError(f"A SavedModel backbone carries its own weights; got weights={weights!r} for {path}.")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"SavedModel directory not found: {path!r} (backbone '{SAVED_MODEL_PREFIX}{path}')."
+        )
+    errors = []
+    # model.export() names its endpoint "serve"; tf.saved_model.save and TF-Hub use "serving_default".
+    for endpoint in ("serve", "serving_default"):
+        try:
+            layer = SavedModelLayer(path, call_endpoint=endpoint, name="saved_model")
+            break
+        except ValueError as error:
+            errors.append(str(error))
+    else:
+        raise ValueError(f"SavedModel {path} has neither a 'serve' nor a 'serving_default' endpoint: {errors}")
+    images = keras.Input(shape=(image_size, image_size, 3), name="images")
+    outputs = layer(images)
+    if isinstance(outputs, dict):
+        if len(outputs) != 1:
+            raise ValueError(
+                f"SavedModel {path} returns several outputs {sorted(outputs)}; expected one feature tensor."
+            )
+        outputs = next(iter(outputs.values()))
+    if len(outputs.shape) == 4:
+        outputs = keras.layers.GlobalAveragePooling2D(name="pool")(outputs)
+    if len(outputs.shape) != 2:
+        raise ValueError(
+            f"SavedModel {path} returns shape {outputs.shape}; expected features (B, F) or maps (B, H, W, F)."
+        )
+    return keras.Model(images, outputs, name="saved_model_backbone"), _unit_scale()
+
+
 BACKBONES = {
     "small_cnn": _small_cnn,
+    "tresnet_m": _tresnet(tresnet.tresnet_m),
+    "tresnet_l": _tresnet(tresnet.tresnet_l),
+    "tresnet_xl": _tresnet(tresnet.tresnet_xl),
+    "resnet50": _keras_application(keras.applications.ResNet50, CaffePreprocessing),
+    "vgg19": _keras_application(keras.applications.VGG19, CaffePreprocessing),
+    # Its own preprocessing layer is kept out of the model so that every backbone's is in one place.
+    "efficientnetv2_s": _keras_application(
+        keras.applications.EfficientNetV2S,
+        lambda: keras.layers.Rescaling(1.0 / 128.0, offset=-1.0, name="to_signed_unit_range"),
+        include_preprocessing=False,
+    ),
 }
 
 
 def build_backbone(name, image_size=224, weights=None):
-    """(features model, preprocessing layer) for a registered backbone name."""
+    """(features model, preprocessing layer) for a registered backbone name or `savedmodel:<dir>`."""
+    if weights in ("none", ""):  # as command-line flags spell "no weights"
+        weights = None
+    if name.startswith(SAVED_MODEL_PREFIX):
+        return _saved_model(name[len(SAVED_MODEL_PREFIX):], int(image_size), weights)
     if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone {name!r}; available: {sorted(BACKBONES)}.")
+        raise ValueError(
+            f"Unknown backbone {name!r}; available: {sorted(BACKBONES)} or '{SAVED_MODEL_PREFIX}<directory>'."
+        )
     return BACKBONES[name](int(image_size), weights)
