@@ -51,6 +51,7 @@ def load_checkpoint(path):
     """The Keras model of a training checkpoint (`model.keras`), not compiled."""
     import keras
 
+    import sdl_keras.baselines  # noqa: F401  registers the baselines' heads (CONSE, Semantic Softmax)
     import sdl_keras.models  # noqa: F401  registers the head's and backbones' layers for deserialization
 
     if not os.path.exists(path):

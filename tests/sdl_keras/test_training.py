@@ -100,5 +100,80 @@ def test_command_lines_train_then_evaluate(demo, tmp_path):
     assert np.isfinite(results["model"]["gzsl/mAP"])
 
 
+def tiny_vocabulary():
+    return TagVocabulary(["a b", "c d", "e f", "g h"], np.random.default_rng(0).standard_normal((4, 8)), [3])
+
+
+@pytest.mark.parametrize("precision, scaled", [("mixed_float16", True), ("mixed_bfloat16", False)])
+def test_mixed_precision_keeps_loss_scores_and_metrics_in_float32(precision, scaled):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    config = training.TrainConfig(backbone="small_cnn", image_size=16, num_rows=2, precision=precision,
+                                  jit_compile=False)
+    model = training.build_compiled_model(config, tiny_vocabulary(), max_positives=2, total_steps=10)
+    assert keras.config.dtype_policy().name == "float32", "the global policy leaked out of the build"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == scaled
+    compute_dtypes = {layer.compute_dtype for layer in model._flatten_layers() if layer.weights}
+    assert precision.split("_")[1] in compute_dtypes
+    images = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3)).astype(np.float32)
+    labels = np.array([[1, 0, 0], [0, 1, 1], [1, 0, 0], [1, 1, 0]], np.float32)
+    assert keras.ops.convert_to_numpy(model(images)).dtype == np.float32
+    loss = model.loss(labels, model(images))
+    assert keras.ops.convert_to_numpy(loss).dtype == np.float32
+    # Dynamic loss scaling may skip the first float16 steps (overflowing gradients halve the scale).
+    history = model.fit(images, labels, epochs=6, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"]).all() and history.history["loss"][-1] < history.history["loss"][0]
+    assert all(np.asarray(keras.ops.convert_to_numpy(v)).dtype == np.float32 for v in model.metrics[-1].variables)
+
+
+def test_callbacks_run_in_the_order_their_logs_need(tmp_path):
+    from sdl_keras import callbacks, dashboards
+
+    config = training.TrainConfig(ema_momentum=0.999, backup_steps=50, output_dir=str(tmp_path / "run"))
+    batches = [(np.zeros((1, 16, 16, 3), np.uint8), np.zeros((1, 4), np.float32))]
+    strategy = type("Default", (), {"num_replicas_in_sync": 1})()
+    built = training.build_callbacks(config, None, tiny_vocabulary(), batches, str(tmp_path / "run"), strategy)
+    import keras
+
+    assert [type(c) for c in built] == [
+        callbacks.BackupAndRestore, keras.callbacks.SwapEMAWeights, callbacks.ZeroShotEvaluation,
+        dashboards.TensorBoardDashboards, callbacks.BestModelCheckpoint, keras.callbacks.TensorBoard,
+        keras.callbacks.TerminateOnNaN,
+    ]
+    assert built[0].save_freq == 50 and built[4].monitor == "val_zsl/mAP"
+    optimizer = training.build_optimizer(config, total_steps=10)
+    assert optimizer.use_ema and optimizer.ema_momentum == 0.999
+    without_validation = training.build_callbacks(
+        training.TrainConfig(output_dir=str(tmp_path)), None, tiny_vocabulary(), None, str(tmp_path), strategy
+    )
+    assert [type(c).__name__ for c in without_validation] == ["BackupAndRestore", "TensorBoard", "TerminateOnNaN"]
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("strategy", "tpu", "TrainConfig.strategy='tpu'"),
+        ("xla_mode", "fast", "TrainConfig.xla_mode='fast'"),
+        ("precision", "float16", "TrainConfig.precision='float16'"),
+        ("ema_momentum", 1.5, "ema_momentum must be in"),
+        ("backup_steps", 0, "backup_steps must be"),
+    ],
+)
+def test_train_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        training.TrainConfig(**{field: value})
+
+
+def test_a_diverging_run_stops_without_writing_a_model(demo, tmp_path):
+    _, files = demo
+    run_dir = str(tmp_path / "run")
+    config = demo_config(files, run_dir, learning_rate=1e30, epochs=3, steps_per_epoch=2, jit_compile=False,
+                         eval_every=0)
+    with pytest.raises(FloatingPointError, match="the loss became"):
+        training.train(config)
+    assert not os.path.exists(os.path.join(run_dir, training.MODEL_FILE))
+
+
 if __name__ == "__main__":
     testing.run(__file__)
