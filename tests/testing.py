@@ -27,6 +27,19 @@ def shared_path(*parts):
     return path
 
 
+def write_files(folder, files):
+    """Writes (name, bytes) pairs into `folder` (bytes None: the path is left missing);
+    returns the paths in order."""
+    paths = []
+    for name, data in files:
+        path = os.path.join(folder, name)
+        if data is not None:
+            with open(path, "wb") as f:
+                f.write(data)
+        paths.append(path)
+    return paths
+
+
 def run(test_file):
     """Entry point of every test file, so each runs alone as a Bazel py_test."""
     sys.exit(pytest.main([test_file, "-q", "-p", "no:cacheprovider"]))

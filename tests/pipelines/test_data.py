@@ -74,14 +74,7 @@ def image_files(folder):
         ("empty.jpg", b""), ("text.jpg", b"not an image"), ("image.tiff", encode(rgb, "TIFF")),
         ("missing.jpg", None),
     ]
-    paths = []
-    for name, content in files:
-        path = os.path.join(folder, name)
-        if content is not None:
-            with open(path, "wb") as f:
-                f.write(content)
-        paths.append(path)
-    return paths
+    return testing.write_files(folder, files)
 
 
 def tiny_model(image_size, num_classes):

@@ -29,22 +29,11 @@ def smooth_image(seed, size=(40, 30)):
     return small.resize(size, Image.BILINEAR)
 
 
-def write_files(folder, files):
-    paths = []
-    for name, data in files:
-        path = os.path.join(folder, name)
-        if data is not None:
-            with open(path, "wb") as f:
-                f.write(data)
-        paths.append(path)
-    return paths
-
-
 def bad_and_good_files(folder):
     """Every kind of file the converter meets: good ones of each format and bad ones."""
     rgb = smooth_image(0)
     jpeg = encode(rgb, "JPEG", quality=95)
-    return write_files(folder, [
+    return testing.write_files(folder, [
         ("rgb.jpg", jpeg),
         ("gray.jpg", encode(rgb.convert("L"), "JPEG")),
         ("cmyk.jpg", encode(rgb.convert("CMYK"), "JPEG")),
@@ -139,7 +128,7 @@ def test_convert_writes_shards_and_lists_skipped_images(tmp_path):
 
 
 def test_a_killed_conversion_resumes_without_redoing_finished_shards(tmp_path):
-    paths = write_files(str(tmp_path), [(f"{i}.jpg", encode(smooth_image(i), "JPEG")) for i in range(8)])
+    paths = testing.write_files(str(tmp_path), [(f"{i}.jpg", encode(smooth_image(i), "JPEG")) for i in range(8)])
     images = labeled(paths)
     out = str(tmp_path / "records")
 
