@@ -7,13 +7,21 @@ JPEGs, then measures in one run, alternating rounds:
             PyTorch code's approach, without the framework around it)
   tf files  pipelines.data.image_label_dataset over the image files
   tf records pipelines.data.tfrecord_dataset over TFRecord shards of the same images
-Per-core figures are images per CPU-second of this process (user + sys over all its
-threads), so they hold on a shared machine and compare a one-thread loader with a
-pipeline that uses every core; wall-clock images/s are shown beside them.
+The tf.data pipelines are built with repeat=True, as sdl_keras.training's are, and each
+measurement reads several passes through one iterator: a new iterator per pass would
+add TensorFlow's function instantiation (tens of ms) to every pass of a few hundred
+images, where a real epoch amortizes it over a hundred thousand. The CPU time counted
+runs until the iterator is deleted, so work prefetched beyond the images counted is
+charged to its pipeline, not to the next loader measured.
+Per-core figures are images per CPU-second (user + sys) of the loader: over all of this
+process's threads for tf.data, of the calling thread for PIL, which does all its work
+there. So they hold on a shared machine and compare a one-thread loader with a pipeline
+that uses every core; wall-clock images/s are shown beside them.
 
   python benchmarks/input_pipeline.py [--images=400] [--rounds=3]
 """
 
+import gc
 import os
 import sys
 import tempfile
@@ -27,6 +35,7 @@ from PIL import Image  # noqa: E402
 
 flags.DEFINE_integer("images", 400, "JPEGs generated per image size.")
 flags.DEFINE_integer("rounds", 3, "Alternating rounds; each loader's best is kept.")
+flags.DEFINE_integer("passes", 4, "Passes over the images per measurement.")
 FLAGS = flags.FLAGS
 
 IMAGE_SIZE = 224
@@ -61,14 +70,24 @@ def pil_loader(paths):
         yield np.stack(batch)
 
 
-def measure(make_batches, passes):
-    """(images per wall second, images per CPU second) over `passes` full passes."""
+def measure(make_batches, images, clock=time.process_time):
+    """(images per wall second, images per CPU second) reading `images` images from a
+    new iterator `make_batches()`; `clock` tells the CPU time."""
+    gc.collect()
     count = 0
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(passes):
-        for batch in make_batches():
-            count += int(batch.shape[0])
-    return count / (time.perf_counter() - wall), count / (time.process_time() - cpu)
+    wall, cpu = time.perf_counter(), clock()
+    batches = make_batches()
+    while count < images:
+        count += int(next(batches).shape[0])
+    wall = time.perf_counter() - wall
+    del batches
+    time.sleep(0.5)  # lets a deleted pipeline's threads finish, on this loader's account
+    return count / wall, count / (clock() - cpu)
+
+
+def pil_batches(paths):
+    while True:
+        yield from pil_loader(paths)
 
 
 def main(argv):
@@ -90,22 +109,25 @@ def main(argv):
             records = os.path.join(folder, "records")
             tfrecord.convert(images, records, "train", num_shards=8)
             mean_kb = np.mean([os.path.getsize(p) for p in paths]) / 1024
-            # Each tf.data pipeline is built once and iterated once per pass, as by model.fit.
-            from_files = data.image_label_dataset(paths, labels, IMAGE_SIZE, BATCH)
+            from_files = data.image_label_dataset(paths, labels, IMAGE_SIZE, BATCH, repeat=True)
             from_records = data.tfrecord_dataset(
-                tfrecord.shard_pattern(records, "train"), labels.shape[1], IMAGE_SIZE, BATCH, deterministic=False
+                tfrecord.shard_pattern(records, "train"), labels.shape[1], IMAGE_SIZE, BATCH, repeat=True,
+                deterministic=False,
             )
             methods = {
-                "pil": lambda: pil_loader(paths),
+                "pil": lambda: pil_batches(paths),
                 "tf files": lambda: (x for x, _ in from_files),
                 "tf records": lambda: (x for x, _ in from_records),
             }
             for method in methods.values():  # warm-up: graph tracing, file cache
-                measure(method, 1)
+                measure(method, len(paths))
             best = {key: (0.0, 0.0) for key in methods}
             for _ in range(FLAGS.rounds):
                 for key, method in methods.items():
-                    wall, per_core = measure(method, passes=2)
+                    # PIL works in the calling thread only: its thread's CPU time excludes
+                    # what a tf.data pipeline deleted just before may still be finishing.
+                    clock = time.thread_time if key == "pil" else time.process_time
+                    wall, per_core = measure(method, FLAGS.passes * len(paths), clock)
                     best[key] = max(best[key], (wall, per_core), key=lambda r: r[1])
             for key in methods:
                 rows.append((name, f"{mean_kb:.0f} KB", key, *best[key], best[key][1] / best["pil"][1]))

@@ -26,6 +26,11 @@ READERS = {
 
 def load_split(dataset, source, split, tags, unseen_tags=()):
     """LabeledImages of one split of a registered dataset, labels over `tags`."""
+    if dataset == "tfrecord":
+        raise ValueError(
+            "dataset 'tfrecord' is streamed from its shards, never loaded whole: read it with "
+            "pipelines.tfrecord_source (as sdl_keras.train and sdl_keras.evaluate do)."
+        )
     if dataset not in READERS:
         raise ValueError(f"Unknown dataset {dataset!r}; available: {sorted(READERS)}.")
     return READERS[dataset](source, split, list(tags), unseen_tags=list(unseen_tags))

@@ -24,6 +24,13 @@ and renamed when complete, then recorded in SPLIT-progress.jsonl; a killed conve
 restarts without redoing finished shards and never leaves a partial shard under a
 final name. SPLIT-conversion.json pins the settings, so a restart with different
 ones is refused instead of mixing two conversions.
+
+Statistics: each progress entry also records its shard's largest number of positive
+tags in one image (`max_positives`) and, when the converter is told the unseen
+columns, the same over the seen tags (`max_seen_positives`), the images with an
+unseen positive (`unseen_positive_images`) and which columns were unseen
+(`unseen_sha1`), so training from the records sizes its loss without reading them
+(pipelines/tfrecord_source.py).
 """
 
 import concurrent.futures
@@ -87,33 +94,23 @@ def make_example(image_bytes, image_id, labels):
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def parse_labels(serialized, num_classes):
-    """A batch of serialized records (B,) -> (B, C) float32 labels; graph-safe. Parsing a
-    whole batch at once costs far less per record than one record at a time."""
-    features = tf.io.parse_example(serialized, {k: v for k, v in FEATURES.items() if k.startswith("label/")})
+def parse_example(serialized, num_classes):
+    """One serialized record -> (encoded image bytes, (C,) float32 labels, image id).
+
+    One record at a time, so a tf.data map can parse and decode in the same call: a
+    batch-level label parse would need the whole records carried through the decode and
+    copied into the batch, which costs more than building each label row here."""
+    features = tf.io.parse_single_example(serialized, FEATURES)
     check = tf.debugging.assert_equal(
         features["label/num_classes"],
         tf.constant(num_classes, tf.int64),
         message=f"A record's label/num_classes differs from the {num_classes} tags of the vocabulary",
     )
     with tf.control_dependencies([check]):
-        labels = tf.tile(features["label/default"][:, None], [1, num_classes])
+        labels = tf.fill([num_classes], features["label/default"])
     for key, value in _LABEL_KEYS:
-        indices = features[key]  # SparseTensor: indices (row, position), values tag index
-        where = tf.stack([indices.indices[:, 0], indices.values], axis=1)
-        labels = tf.tensor_scatter_nd_update(labels, where, tf.fill(tf.shape(indices.values), value))
-    return labels
-
-
-def parse_image(serialized):
-    """The encoded image of one serialized record."""
-    return tf.io.parse_single_example(serialized, {"image/encoded": FEATURES["image/encoded"]})["image/encoded"]
-
-
-def parse_example(serialized, num_classes):
-    """One serialized record -> (encoded image bytes, (C,) float32 labels, image id)."""
-    features = tf.io.parse_single_example(serialized, {k: FEATURES[k] for k in ("image/encoded", "image/id")})
-    labels = parse_labels(serialized[None], num_classes)[0]
+        indices = features[key].values
+        labels = tf.tensor_scatter_nd_update(labels, indices[:, None], tf.fill(tf.shape(indices), value))
     return features["image/encoded"], labels, features["image/id"]
 
 
@@ -172,13 +169,15 @@ def shard_pattern(output_dir, split):
 
 @dataclasses.dataclass
 class ConversionSummary:
-    """What a conversion wrote: examples per shard and the images it skipped (path, reason)."""
+    """What a conversion wrote: examples per shard, the images it skipped (path, reason)
+    and the positives statistics (`positives_statistics`)."""
 
     split: str
     num_shards: int
     num_examples: int
     skipped: list
     files: list
+    statistics: dict = dataclasses.field(default_factory=dict)
 
 
 def _fingerprint(ids):
@@ -186,6 +185,17 @@ def _fingerprint(ids):
     for image_id in ids:
         sha.update(str(image_id).encode("utf-8") + b"\0")
     return sha.hexdigest()
+
+
+def tags_sha1(tags):
+    """The digest of a tag list that pipelines.to_tfrecord pins in SPLIT-conversion.json."""
+    return hashlib.sha1("\n".join(tags).encode("utf-8")).hexdigest()
+
+
+def columns_sha1(columns):
+    """A digest of a set of column indices (the unseen tags a conversion's statistics
+    used), to compare with a vocabulary's without storing the list in every entry."""
+    return hashlib.sha1(",".join(str(c) for c in sorted({int(c) for c in columns})).encode("ascii")).hexdigest()
 
 
 def _atomic_write_json(path, value):
@@ -211,7 +221,9 @@ def _check_settings(path, settings):
         _atomic_write_json(path, settings)
 
 
-def _finished_shards(progress_path):
+def finished_shards(progress_path):
+    """{shard index: its progress entry} of the shards a conversion finished (the last
+    entry of a shard written twice wins)."""
     done = {}
     if os.path.exists(progress_path):
         with open(progress_path, encoding="utf-8") as f:
@@ -251,6 +263,7 @@ def convert(
     workers=4,
     progress=None,
     metadata=None,
+    unseen=None,
 ):
     """Writes `images` (LabeledImages; `labels` may be any row-indexable (N, C) matrix,
     such as open_images.SparseRows) as TFRecord shards in `output_dir`.
@@ -263,6 +276,9 @@ def convert(
         progress: called as progress(images_done, total) after each shard.
         metadata: a JSON-able dict (e.g. dataset, source, tag-list digest) pinned with
             the settings, so a restart on other data is refused, and kept in the info file.
+        unseen: the unseen tags' column indices, for the seen-only statistics of each
+            shard (max_seen_positives, unseen_positive_images); None records only the
+            all-tags max_positives.
 
     Returns:
         ConversionSummary (including shards finished by an earlier, interrupted run).
@@ -272,6 +288,10 @@ def convert(
         raise ValueError(f"No images to convert for split {split!r}.")
     num_shards = max(1, min(num_shards or -(-total // images_per_shard), total))
     num_classes = int(images.labels.shape[1])
+    if unseen is not None:
+        unseen = np.asarray(sorted({int(c) for c in unseen}), dtype=np.int64)
+        if unseen.size and not (0 <= unseen[0] and unseen[-1] < num_classes):
+            raise ValueError(f"Unseen columns must lie in [0, {num_classes}), got {unseen.tolist()[:10]}...")
     os.makedirs(output_dir, exist_ok=True)
     settings = {
         "split": split,
@@ -289,7 +309,7 @@ def convert(
     progress_path = os.path.join(output_dir, f"{split}-progress.jsonl")
     done = {
         k: v
-        for k, v in _finished_shards(progress_path).items()
+        for k, v in finished_shards(progress_path).items()
         if os.path.exists(shard_path(output_dir, split, k, num_shards))
     }
     bounds = [total * k // num_shards for k in range(num_shards + 1)]
@@ -312,7 +332,9 @@ def convert(
             if k in done:
                 continue
             indices = range(bounds[k], bounds[k + 1])
-            entry = {"shard": k, "written": 0, "skipped": []}
+            entry = {"shard": k, "written": 0, "skipped": [], "max_positives": 0}
+            if unseen is not None:
+                entry.update(max_seen_positives=0, unseen_positive_images=0, unseen_sha1=columns_sha1(unseen))
 
             def examples():
                 for i, (data, error) in zip(indices, pool.map(prepare, indices)):
@@ -320,7 +342,9 @@ def convert(
                         entry["skipped"].append([error.path, error.reason])
                         continue
                     entry["written"] += 1
-                    yield make_example(data, images.ids[i], images.labels[i])
+                    row = np.asarray(images.labels[i])
+                    _count_positives(entry, row, unseen)
+                    yield make_example(data, images.ids[i], row)
 
             _write_shard(shard_path(output_dir, split, k, num_shards), examples())
             with open(progress_path, "a", encoding="utf-8") as f:
@@ -338,6 +362,7 @@ def convert(
         num_examples=sum(entry["written"] for entry in done.values()),
         skipped=[item for k in sorted(done) for item in done[k]["skipped"]],
         files=[shard_path(output_dir, split, k, num_shards) for k in range(num_shards)],
+        statistics=positives_statistics(done.values()),
     )
     _atomic_write_json(
         os.path.join(output_dir, f"{split}-info.json"),
@@ -345,7 +370,37 @@ def convert(
             **settings,
             "num_examples": summary.num_examples,
             "pattern": os.path.basename(shard_pattern(output_dir, split)),
+            **summary.statistics,
             "skipped": summary.skipped,
         },
     )
     return summary
+
+
+def _count_positives(entry, row, unseen):
+    positive = row == 1
+    count = int(positive.sum())
+    entry["max_positives"] = max(entry["max_positives"], count)
+    if unseen is not None:
+        unseen_count = int(positive[unseen].sum()) if unseen.size else 0
+        entry["max_seen_positives"] = max(entry["max_seen_positives"], count - unseen_count)
+        entry["unseen_positive_images"] += int(unseen_count > 0)
+
+
+def positives_statistics(entries):
+    """The positives statistics of a set of shards' progress entries: max_positives (all
+    tags) when every entry has it; max_seen_positives, unseen_positive_images and
+    unseen_sha1 when every entry has them for the same unseen columns. Entries written
+    by a converter that kept no statistics leave the keys out."""
+    entries = list(entries)
+    stats = {}
+    if entries and all("max_positives" in e for e in entries):
+        stats["max_positives"] = max(int(e["max_positives"]) for e in entries)
+        digests = {e.get("unseen_sha1") for e in entries}
+        if len(digests) == 1 and None not in digests:
+            stats.update(
+                max_seen_positives=max(int(e["max_seen_positives"]) for e in entries),
+                unseen_positive_images=sum(int(e["unseen_positive_images"]) for e in entries),
+                unseen_sha1=digests.pop(),
+            )
+    return stats

@@ -11,7 +11,6 @@ class names to look word vectors up by), for the train command's --tags and
 --unseen_tags. Rerunning the same command after an interruption resumes it.
 """
 
-import hashlib
 import logging
 import os
 
@@ -102,6 +101,13 @@ def main(argv):
         write_tag_lists(FLAGS.output_dir, tags, unseen, FLAGS.dataset, FLAGS.classes_dir)
         return
 
+    index = {tag: i for i, tag in enumerate(tags)}
+    unknown = [tag for tag in unseen if tag not in index]
+    if unknown:
+        raise ValueError(
+            f"{FLAGS.unseen_tags or 'The unseen tag list'}: {len(unknown)} unseen tag(s) not in the tag list "
+            f"(e.g. {unknown[:5]})."
+        )
     images = read_for_conversion(FLAGS.dataset, FLAGS.source, FLAGS.split, tags, unseen)
     print(f"{FLAGS.dataset} {FLAGS.split}: {len(images)} images to convert.")
     bar = keras.utils.Progbar(len(images), unit_name="image")
@@ -118,8 +124,10 @@ def main(argv):
         metadata={
             "dataset": FLAGS.dataset,
             "source": os.path.abspath(FLAGS.source),
-            "tags_sha1": hashlib.sha1("\n".join(tags).encode("utf-8")).hexdigest(),
+            "tags_sha1": tfrecord.tags_sha1(tags),
         },
+        # The training command reads the seen-only positives bound from these statistics.
+        unseen=[index[tag] for tag in unseen],
     )
     # Written after the conversion, whose settings check refuses a folder made with other tags.
     write_tag_lists(FLAGS.output_dir, tags, unseen, FLAGS.dataset, FLAGS.classes_dir)
@@ -127,6 +135,12 @@ def main(argv):
         f"Wrote {summary.num_examples} examples in {summary.num_shards} shards: "
         f"{tfrecord.shard_pattern(FLAGS.output_dir, FLAGS.split)}"
     )
+    stats = summary.statistics
+    if "max_seen_positives" in stats:
+        print(f"At most {stats['max_seen_positives']} positive seen tags per image ({stats['max_positives']} in all).")
+    if FLAGS.split == "train" and stats.get("unseen_positive_images"):
+        print(f"Warning: {stats['unseen_positive_images']} image(s) have an unseen tag positive, which training "
+              "refuses (it would leak the zero-shot tags).")
     if summary.skipped:
         print(f"Skipped {len(summary.skipped)} unreadable image(s), listed in {FLAGS.split}-info.json; e.g.:")
         for path, reason in summary.skipped[:5]:

@@ -11,8 +11,10 @@ from absl import app, flags
 from sdl_keras import cli, evaluation, inference
 
 flags.DEFINE_string("run_dir", None, "Run directory written by sdl_keras.train.")
-flags.DEFINE_string("dataset", None, "Reader name; default: the run's.")
-flags.DEFINE_string("test_source", None, "Test data; default: the run's test_source.")
+flags.DEFINE_string("dataset", None, "Reader name, or tfrecord (records of pipelines.to_tfrecord); default: the run's.")
+flags.DEFINE_string(
+    "test_source", None, "Test data (tfrecord: the records folder, its test shards); default: the run's test_source."
+)
 flags.DEFINE_list("eval_ks", None, "K values of P/R/F1@K; default: the run's.")
 flags.DEFINE_integer("eval_batch_size", 64, "Images per inference batch.")
 flags.DEFINE_string("results", None, "JSON output; default: RUN_DIR/results.json.")

@@ -10,7 +10,7 @@ import numpy as np
 from sdl_keras import evaluation
 from sdl_keras.embeddings import TagVocabulary
 from sdl_keras.scoring import tag_scores
-from sdl_keras.training import CONFIG_FILE, MODEL_FILE, VOCABULARY_FILE, TrainConfig
+from sdl_keras.training import CONFIG_FILE, MODEL_FILE, VOCABULARY_FILE, TrainConfig, evaluation_batches
 
 logger = logging.getLogger(__name__)
 
@@ -43,26 +43,31 @@ def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, pro
     Returns:
         {"model": evaluate_scores(...), "random": evaluate_scores(random scores)}.
     """
-    from pipelines.data import image_label_dataset
-    from pipelines.datasets import load_split
-
     model, vocabulary, config = load_run(run_dir)
     dataset = dataset or config.dataset
     source = source or config.test_source
     ks = tuple(ks or config.ks)
-    test = load_split(dataset, source, "test", vocabulary.tags)
-    if not len(test):
-        raise ValueError(f"{source}: no test images.")
-    batches = image_label_dataset(test.paths, test.labels, config.image_size, batch_size)
+    batches, count = evaluation_batches(dataset, source, vocabulary, config.image_size, batch_size)
+    # The labels come with the batches: a TFRecord test split is never loaded whole, and
+    # the files reader's pipeline drops unreadable images.
+    labels = []
+    batches = _keeping_labels(batches, labels)
     if progress:
-        batches = _with_progress(batches, -(-len(test) // batch_size))
+        batches = _with_progress(batches, -(-count // batch_size))
     scores, _ = score_batches(model, batches, vocabulary.vectors, config.aggregation)
+    labels = np.concatenate(labels)
     return {
-        "model": evaluation.evaluate_scores(scores, test.labels, vocabulary.unseen, ks),
+        "model": evaluation.evaluate_scores(scores, labels, vocabulary.unseen, ks),
         "random": evaluation.evaluate_scores(
-            evaluation.random_scores(scores.shape, seed=config.seed), test.labels, vocabulary.unseen, ks
+            evaluation.random_scores(scores.shape, seed=config.seed), labels, vocabulary.unseen, ks
         ),
     }
+
+
+def _keeping_labels(batches, labels):
+    for images, batch_labels in batches:
+        labels.append(keras.ops.convert_to_numpy(batch_labels))
+        yield images, batch_labels
 
 
 def _with_progress(batches, total):

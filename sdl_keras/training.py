@@ -54,7 +54,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 class TrainConfig:
     """Everything a training run depends on; saved as config.json in the run directory."""
 
-    # Data: a reader from pipelines.datasets and where it reads each split.
+    # Data: a reader from pipelines.datasets, or "tfrecord" (shards of pipelines.to_tfrecord),
+    # and where it reads each split.
     dataset: str = "manifest"
     train_source: str = ""
     test_source: str = ""
@@ -138,9 +139,12 @@ class TrainConfig:
 
 # Flag help of each TrainConfig field (the CLIs' --help).
 FIELD_HELP = {
-    "dataset": "Reader from pipelines.datasets: manifest, nus_wide, coco, open_images.",
-    "train_source": "Training data: a manifest file or a dataset root folder.",
-    "test_source": "Test data (used by sdl_keras.evaluate): a manifest file or a dataset root folder.",
+    "dataset": "Reader from pipelines.datasets: manifest, nus_wide, coco, open_images; or tfrecord: "
+    "shards written by pipelines.to_tfrecord, streamed (no label matrix in memory; what Open Images needs).",
+    "train_source": "Training data: a manifest file or a dataset root folder; for tfrecord, the records folder "
+    "(its train-*.tfrecord shards) or a glob of shards.",
+    "test_source": "Test data (used by sdl_keras.evaluate): a manifest file or a dataset root folder; for "
+    "tfrecord, the records folder (its test-*.tfrecord shards) or a glob of shards.",
     "tags": "Tag list file, one tag per line (seen and unseen).",
     "word_vectors": "Vectors: .vec/.txt/.bin word vectors, .npy/.npz, or official pickles.",
     "unseen_tags": "File listing the unseen (zero-shot) tags, one per line.",
@@ -155,8 +159,10 @@ FIELD_HELP = {
     "diversity_weight": "Apply the semantic diversity weight (equation 3).",
     "normalization": "Loss normalization: official (released code) or paper (equation 5).",
     "aggregation": "Score aggregation over rows: max (SDL) or l2 (baseline).",
-    "max_positives": "Static bound on positives per image in the loss; none = from the data.",
-    "steps_per_epoch": "Steps per epoch; none = the training images / batch_size.",
+    "max_positives": "Static bound on positives per image in the loss; none = from the data (tfrecord: from "
+    "the statistics recorded at conversion).",
+    "steps_per_epoch": "Steps per epoch; none = the training images / batch_size (tfrecord: the records counted "
+    "at conversion).",
     "batch_size": "Global batch size (split over the replicas of a strategy).",
     "learning_rate": "Maximum learning rate of the one-cycle cosine schedule.",
     "weight_decay": "AdamW's decoupled weight decay (not on biases and BatchNorm).",
@@ -329,19 +335,104 @@ def build_callbacks(config, model, vocabulary, validation, write_dir, strategy):
     return callbacks
 
 
-def _validation_batches(config, vocabulary):
-    """Batches of (images, labels over all tags) for the zero-shot evaluation, or None."""
+def evaluation_batches(dataset, source, vocabulary, image_size, batch_size):
+    """(batches of (images, labels over all tags), number of images) of a test split: read
+    by a pipelines.datasets reader, or from TFRecords with dataset="tfrecord" (whose tag
+    columns must be the vocabulary's)."""
+    from pipelines import tfrecord_source
     from pipelines.data import image_label_dataset
     from pipelines.datasets import load_split
 
+    if dataset == tfrecord_source.NAME:
+        records = tfrecord_source.open_record_set(source, "test")
+        tfrecord_source.check_vocabulary(records, vocabulary.tags)
+        return tfrecord_source.evaluation_batches(records, image_size, batch_size), records.num_examples
+    images = load_split(dataset, source, "test", vocabulary.tags, vocabulary.unseen_tags)
+    if not len(images):
+        raise ValueError(f"{source}: no test images.")
+    return image_label_dataset(images.paths, images.labels, image_size, batch_size), len(images)
+
+
+def _validation_batches(config, vocabulary):
+    """Batches of (images, labels over all tags) for the zero-shot evaluation, or None."""
     source = config.validation_source or config.test_source
     if not config.eval_every or not source:
         return None
-    images = load_split(config.dataset, source, "test", vocabulary.tags, vocabulary.unseen_tags)
-    if not len(images):
-        raise ValueError(f"{source}: no validation images.")
-    logger.info("Zero-shot evaluation every %d epoch(s) on %d images of %s.", config.eval_every, len(images), source)
-    return image_label_dataset(images.paths, images.labels, config.image_size, config.batch_size)
+    batches, count = evaluation_batches(config.dataset, source, vocabulary, config.image_size, config.batch_size)
+    logger.info("Zero-shot evaluation every %d epoch(s) on %d images of %s.", config.eval_every, count, source)
+    return batches
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """What `train` fits on: batches of (images, labels over the seen tags), repeated (or
+    a distributed dataset), with the facts the run is sized by."""
+
+    dataset: object
+    num_images: int
+    num_seen: int
+    max_positives: int
+    max_positives_from: str
+
+
+def _file_training_data(config, vocabulary):
+    """The training split read by a pipelines.datasets reader, labels in memory."""
+    from pipelines.data import check_positives_bound, image_label_dataset
+    from pipelines.datasets import load_split
+
+    train_images = load_split(config.dataset, config.train_source, "train", vocabulary.tags, vocabulary.unseen_tags)
+    if not len(train_images):
+        raise ValueError(f"{config.train_source}: no training images.")
+    labels = seen_labels(train_images.labels, vocabulary, config.train_source)
+    max_positives = config.max_positives or max(max_positives_needed(labels), 1)
+    check_positives_bound(labels, max_positives, train_images.ids)
+    dataset = image_label_dataset(
+        train_images.paths,
+        labels,
+        config.image_size,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        repeat=True,
+        drop_remainder=True,
+    )
+    origin = "max_positives" if config.max_positives else "the labels"
+    return TrainingData(dataset, len(train_images), labels.shape[1], max_positives, origin)
+
+
+def _record_training_data(config, vocabulary, strategy):
+    """The training split streamed from TFRecords: its size and the loss's positives bound
+    come from the conversion's files (pipelines.tfrecord_source), not from the records."""
+    from pipelines import tfrecord_source
+
+    records = tfrecord_source.open_record_set(config.train_source, "train")
+    tfrecord_source.check_vocabulary(records, vocabulary.tags)
+    recorded, seen_only, counted = tfrecord_source.positives_bound(records, vocabulary.unseen)
+    if config.max_positives:
+        max_positives, origin = config.max_positives, "max_positives"
+        # An all-tags count only bounds the seen positives: the batches check the real ones.
+        if seen_only and recorded > max_positives:
+            raise ValueError(
+                f"max_positives={max_positives}, but {records.path('progress.jsonl')} records training images "
+                f"with {recorded} positive seen tags; the loss would drop the extra ones. "
+                f"Set max_positives >= {recorded}, or none."
+            )
+    elif recorded is None:
+        raise ValueError(f"{counted}: pass --max_positives (the most positive seen tags of one training image), "
+                         "or convert the split again with the current pipelines.to_tfrecord.")
+    else:
+        max_positives, origin = max(recorded, 1), counted
+    dataset = tfrecord_source.training_dataset(
+        records,
+        vocabulary.seen,
+        vocabulary.unseen,
+        config.image_size,
+        config.batch_size,
+        max_positives=max_positives,
+        seed=config.seed,
+        strategy=strategy,
+    )
+    return TrainingData(dataset, records.num_examples, len(vocabulary.seen), max_positives, origin)
 
 
 def train(config, callbacks=()):
@@ -355,43 +446,32 @@ def train(config, callbacks=()):
     Returns:
         (model, history, vocabulary).
     """
-    from pipelines.data import check_positives_bound, image_label_dataset
-    from pipelines.datasets import load_split
+    from pipelines import tfrecord_source
 
     # First: MultiWorkerMirroredStrategy must start before any other TensorFlow work.
     strategy = distribute.select_strategy(config.strategy)
     config = baselines.resolve_config(config)  # config.json records how the method scores
     keras.utils.set_random_seed(config.seed)
-    vocabulary = load_vocabulary(config)
-    train_images = load_split(config.dataset, config.train_source, "train", vocabulary.tags, vocabulary.unseen_tags)
-    if not len(train_images):
-        raise ValueError(f"{config.train_source}: no training images.")
-    labels = seen_labels(train_images.labels, vocabulary, config.train_source)
-    max_positives = config.max_positives or max(max_positives_needed(labels), 1)
-    check_positives_bound(labels, max_positives, train_images.ids)
-    logger.info(
-        "Training on %d images, %d seen tags (%d unseen held out), loss bound P=%d positives per image, "
-        "%d replica(s), global batch %d.",
-        len(train_images), labels.shape[1], len(vocabulary.unseen), max_positives, strategy.num_replicas_in_sync,
-        config.batch_size,
-    )
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(
             f"batch_size={config.batch_size} (global) does not split over {strategy.num_replicas_in_sync} replicas."
         )
+    vocabulary = load_vocabulary(config)
+    if config.dataset == tfrecord_source.NAME:
+        train_data = _record_training_data(config, vocabulary, strategy)
+    else:
+        train_data = _file_training_data(config, vocabulary)
+    max_positives = train_data.max_positives
+    logger.info(
+        "Training on %d images, %d seen tags (%d unseen held out), loss bound P=%d positives per image "
+        "(from %s), %d replica(s), global batch %d.",
+        train_data.num_images, train_data.num_seen, len(vocabulary.unseen), max_positives,
+        train_data.max_positives_from, strategy.num_replicas_in_sync, config.batch_size,
+    )
     # Repeated, with a fixed number of steps: every worker of a multi-worker run then takes
     # the same number of steps per epoch.
-    steps = config.steps_per_epoch or max(len(train_images) // config.batch_size, 1)
-    dataset = image_label_dataset(
-        train_images.paths,
-        labels,
-        config.image_size,
-        config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        repeat=True,
-        drop_remainder=True,
-    )
+    steps = config.steps_per_epoch or max(train_data.num_images // config.batch_size, 1)
+    dataset = train_data.dataset
     validation = _validation_batches(config, vocabulary)
 
     xla_request = config.xla_mode if config.jit_compile else "off"
@@ -401,7 +481,10 @@ def train(config, callbacks=()):
             model = build_compiled_model(config, vocabulary, max_positives, steps * config.epochs, xla == "jit")
         distribute.check_jit_compile(model, xla)
         if config.strategy != "default":
-            sample = (np.zeros((1, config.image_size, config.image_size, 3), np.uint8), labels[:1])
+            sample = (
+                np.zeros((1, config.image_size, config.image_size, 3), np.uint8),
+                np.zeros((1, train_data.num_seen), np.float32),
+            )
             distribute.prepare_for_fit(model, strategy, sample)
         if config.sync_batch_norm and strategy.num_replicas_in_sync > 1:
             count = distribute.synchronize_batch_norm(model)

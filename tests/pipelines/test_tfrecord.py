@@ -157,6 +157,47 @@ def test_a_killed_conversion_resumes_without_redoing_finished_shards(tmp_path):
         tfrecord.convert(images, out, "train", num_shards=2)
 
 
+def test_each_shard_records_its_positives_statistics(tmp_path):
+    paths = testing.write_files(str(tmp_path), [(f"{i}.jpg", encode(smooth_image(i), "JPEG")) for i in range(6)])
+    paths[4] = str(tmp_path / "missing.jpg")  # skipped: its labels count for nothing
+    labels = np.array([
+        [1, 0, -1, -1, 0],
+        [1, 1, 0, -1, 1],   # 3 positives, 2 of them seen (column 4 is unseen)
+        [0, 0, 0, 0, 0],
+        [-1, 1, 1, 1, 0],   # 3 seen positives
+        [1, 1, 1, 1, 1],    # missing file
+        [1, -1, -1, -1, -1],
+    ], np.float32)
+    images = LabeledImages(paths, [f"id{i}" for i in range(6)], labels)
+    summary = tfrecord.convert(images, str(tmp_path / "records"), "train", num_shards=3, unseen=[4])
+    with open(tmp_path / "records" / "train-progress.jsonl") as f:
+        entries = {e["shard"]: e for e in map(json.loads, f)}
+    digest = tfrecord.columns_sha1([4])
+    assert [(e["written"], e["max_positives"], e["max_seen_positives"], e["unseen_positive_images"], e["unseen_sha1"])
+            for _, e in sorted(entries.items())] == [(2, 3, 2, 1, digest), (2, 3, 3, 0, digest), (1, 1, 1, 0, digest)]
+    expected = {"max_positives": 3, "max_seen_positives": 3, "unseen_positive_images": 1, "unseen_sha1": digest}
+    assert summary.statistics == expected
+    info = json.load(open(tmp_path / "records" / "train-info.json"))
+    assert {k: info[k] for k in expected} == expected
+    # Without the unseen columns only the all-tags bound is kept.
+    plain = tfrecord.convert(images, str(tmp_path / "plain"), "train", num_shards=3)
+    assert plain.statistics == {"max_positives": 3}
+    assert tfrecord.columns_sha1([4, 1, 4]) == tfrecord.columns_sha1([1, 4]) != tfrecord.columns_sha1([1])
+    with pytest.raises(ValueError, match=r"Unseen columns must lie in \[0, 5\)"):
+        tfrecord.convert(images, str(tmp_path / "bad"), "train", unseen=[5])
+
+
+def test_statistics_of_mixed_progress_entries():
+    new = {"written": 3, "max_positives": 4, "max_seen_positives": 2, "unseen_positive_images": 0, "unseen_sha1": "a"}
+    assert tfrecord.positives_statistics([new, dict(new, max_positives=6, max_seen_positives=5)]) == {
+        "max_positives": 6, "max_seen_positives": 5, "unseen_positive_images": 0, "unseen_sha1": "a"}
+    # Shards written by a converter that kept no statistics (a resumed older conversion): none.
+    assert tfrecord.positives_statistics([new, {"written": 3}]) == {}
+    # Seen-only counts against different unseen columns do not combine.
+    assert tfrecord.positives_statistics([new, dict(new, unseen_sha1="b")]) == {"max_positives": 4}
+    assert tfrecord.positives_statistics([new, {"written": 1, "max_positives": 7}]) == {"max_positives": 7}
+
+
 def test_command_line_converts_a_manifest_and_writes_the_tag_lists(tmp_path, capsys):
     for i in range(4):
         smooth_image(i).save(tmp_path / f"{i}.png")
@@ -177,6 +218,16 @@ def test_command_line_converts_a_manifest_and_writes_the_tag_lists(tmp_path, cap
     records = read_records(tfrecord.shard_pattern(str(out), "test"), 2)
     np.testing.assert_array_equal(records["0.png"][1], [1, 1])
     np.testing.assert_array_equal(records["1.png"][1], [1, 0])
+    # The statistics count seen positives against the unseen list given (dog, column 1).
+    info = json.load(open(out / "test-info.json"))
+    assert (info["max_positives"], info["max_seen_positives"], info["unseen_positive_images"]) == (2, 1, 2)
+    assert info["unseen_sha1"] == tfrecord.columns_sha1([1]) and info["tags_sha1"] == tfrecord.tags_sha1(["cat", "dog"])
+    assert "At most 1 positive seen tags per image (2 in all)." in printed
+    (tmp_path / "unseen.txt").write_text("dog\nbird\n")
+    with flagsaver.flagsaver():
+        to_tfrecord.FLAGS(argv + [f"--output_dir={tmp_path / 'other'}"])
+        with pytest.raises(ValueError, match=r"unseen.txt: 1 unseen tag\(s\) not in the tag list \(e.g. \['bird'\]\)"):
+            to_tfrecord.main([])
 
 
 
@@ -230,7 +281,12 @@ def test_dataset_flagfiles_use_the_train_commands_flags(name):
             flag = flag[2:] if flag.startswith("no") and flag[2:] in fields else flag
             assert flag in fields, f"configs/{name}.flags: --{flag} is not a train flag"
             values[flag] = value
-    assert values["dataset"] == name and name in READERS
+    if name == "open_images":
+        # The 9-million-image train split trains from its TFRecords (no dense label matrix).
+        assert values["dataset"] == "tfrecord" and values["train_source"] == values["test_source"]
+        assert values["tags"] == values["train_source"] + "/tags.txt"
+    else:
+        assert values["dataset"] == name and name in READERS
     assert values["image_size"] == "224" and values["learning_rate"] == "1e-4" and values["weight_decay"] == "3e-4"
     assert values["cutout_rate"] == "0.5" and values["reg_weight"] == "0.3"
     assert (values["batch_size"], values["epochs"]) == {"nus_wide": ("192", "7"), "coco": ("32", "20"),
