@@ -153,12 +153,13 @@ def _decoded_batches(one_pass, num_images, decode, batch_size, drop_remainder, r
     the results, dropping the elements whose decoding fails and adding each pass's number
     of them to `counter`.
 
-    Batches are formed within a pass (a pass ends with a smaller batch, or none with
-    `drop_remainder`), so the count costs one addition per batch: the batches' sizes are
-    summed, and an element-free dataset concatenated after each pass (concatenate moves
-    on only when the pass is exhausted) adds `num_images` minus that sum to the counter.
-    Counting per image, with a variable update in the decode function, costs a tenth of
-    the decode's time.
+    Batches are first formed within a pass, so the count costs one addition per batch:
+    the batches' sizes are summed, and an element-free dataset concatenated after each
+    pass (concatenate moves on only when the pass is exhausted) adds `num_images` minus
+    that sum to the counter. Counting per image, with a variable update in the decode
+    function, costs a tenth of the decode's time. Repeated, the passes' batches are
+    then `rebatch`ed (slices and concatenations of whole batches), so batches span
+    passes and a dataset smaller than one batch still yields full ones.
     """
     decoded = tf.Variable(0, dtype=tf.int64, trainable=False)
     dataset = one_pass.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
@@ -170,10 +171,6 @@ def _decoded_batches(one_pass, num_images, decode, batch_size, drop_remainder, r
             return tf.nest.map_structure(tf.identity, batch)
 
     dataset = dataset.batch(batch_size).map(count)
-    if drop_remainder:
-        dataset = dataset.filter(lambda *batch: tf.shape(batch[0])[0] == batch_size).map(
-            lambda *batch: tuple(tf.ensure_shape(t, [batch_size, *t.shape[1:]]) for t in batch)
-        )
 
     def end_of_pass(_):
         with tf.control_dependencies([counter.variable.assign_add(num_images - decoded)]):
@@ -182,7 +179,13 @@ def _decoded_batches(one_pass, num_images, decode, batch_size, drop_remainder, r
 
     end = tf.data.Dataset.range(1).map(end_of_pass).filter(lambda *_: False)
     dataset = dataset.concatenate(end)
-    return dataset.repeat() if repeat else dataset
+    if repeat:
+        return dataset.repeat().rebatch(batch_size, drop_remainder=drop_remainder)
+    if drop_remainder:
+        dataset = dataset.filter(lambda *batch: tf.shape(batch[0])[0] == batch_size).map(
+            lambda *batch: tuple(tf.ensure_shape(t, [batch_size, *t.shape[1:]]) for t in batch)
+        )
+    return dataset
 
 
 def find_unreadable(paths, crop="none"):

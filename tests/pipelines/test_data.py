@@ -111,6 +111,10 @@ def test_unreadable_images_are_skipped_and_counted_each_epoch(tmp_path, caplog):
     # have (prefetching runs ahead), and each counts its 6.
     total = repeated.unreadable_images.total
     assert total >= 18 and total % 6 == 0
+    # Training's setting: batches span passes, so even data smaller than a batch fills them.
+    spanning = data.image_label_dataset(paths, labels, 16, 8, shuffle=True, seed=1, repeat=True, drop_remainder=True)
+    assert spanning.element_spec[0].shape == (8, 16, 16, 3)
+    assert [tuple(y.shape) for _, y in spanning.take(3)] == [(8, 3)] * 3
 
 
 def test_strict_names_the_first_unreadable_file(tmp_path):
