@@ -59,6 +59,8 @@ class TrainConfig:
     dataset: str = "manifest"
     train_source: str = ""
     test_source: str = ""
+    # Unreadable training images: skipped and counted per epoch, or (strict) an error.
+    strict: bool = False
     # Vocabulary: tag list, vectors (any load_tag_vectors format), unseen tags.
     tags: str = ""
     word_vectors: str = ""
@@ -145,6 +147,8 @@ FIELD_HELP = {
     "(its train-*.tfrecord shards) or a glob of shards.",
     "test_source": "Test data (used by sdl_keras.evaluate): a manifest file or a dataset root folder; for "
     "tfrecord, the records folder (its test-*.tfrecord shards) or a glob of shards.",
+    "strict": "Stop with an error naming the first unreadable training image, instead of skipping and counting "
+    "unreadable images (the count is logged each epoch).",
     "tags": "Tag list file, one tag per line (seen and unseen).",
     "word_vectors": "Vectors: .vec/.txt/.bin word vectors, .npy/.npz, or official pickles.",
     "unseen_tags": "File listing the unseen (zero-shot) tags, one per line.",
@@ -373,11 +377,13 @@ class TrainingData:
     num_seen: int
     max_positives: int
     max_positives_from: str
+    # Keras callbacks that report on the data (the unreadable images skipped per epoch).
+    callbacks: tuple = ()
 
 
 def _file_training_data(config, vocabulary):
     """The training split read by a pipelines.datasets reader, labels in memory."""
-    from pipelines.data import check_positives_bound, image_label_dataset
+    from pipelines.data import UnreadableImagesLogger, check_positives_bound, image_label_dataset
     from pipelines.datasets import load_split
 
     train_images = load_split(config.dataset, config.train_source, "train", vocabulary.tags, vocabulary.unseen_tags)
@@ -395,9 +401,13 @@ def _file_training_data(config, vocabulary):
         seed=config.seed,
         repeat=True,
         drop_remainder=True,
+        strict=config.strict,
     )
     origin = "max_positives" if config.max_positives else "the labels"
-    return TrainingData(dataset, len(train_images), labels.shape[1], max_positives, origin)
+    return TrainingData(
+        dataset, len(train_images), labels.shape[1], max_positives, origin,
+        callbacks=(UnreadableImagesLogger(dataset.unreadable_images),),
+    )
 
 
 def _record_training_data(config, vocabulary, strategy):
@@ -496,7 +506,11 @@ def train(config, callbacks=()):
             epochs=config.epochs,
             steps_per_epoch=steps,
             shuffle=False,  # the dataset shuffles
-            callbacks=[*build_callbacks(config, model, vocabulary, validation, write_dir, strategy), *callbacks],
+            callbacks=[
+                *build_callbacks(config, model, vocabulary, validation, write_dir, strategy),
+                *train_data.callbacks,
+                *callbacks,
+            ],
             verbose=config.verbose,
         )
         final = {key: float(values[-1]) for key, values in history.history.items() if values}

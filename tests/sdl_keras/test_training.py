@@ -1,6 +1,7 @@
 """It must learn: a few steps on the demo data lower the loss and rank unseen tags
 above chance; and the train and evaluate command lines run end to end."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines.demo import DemoConfig, make_demo_dataset
+from pipelines.tfrecord import UnreadableImageError
 from sdl_keras import inference, training
 from sdl_keras.embeddings import TagVocabulary
 from sdl_keras.losses import SDLLoss
@@ -52,6 +54,25 @@ def test_training_labels_must_not_hold_unseen_tags(demo, tmp_path):
     config = demo_config(files, str(tmp_path / "run"), train_source=files["test.jsonl"])
     with pytest.raises(ValueError, match="labelled with unseen tag"):
         training.train(config)
+
+
+def test_unreadable_training_images_are_counted_each_epoch_or_with_strict_an_error(demo, tmp_path):
+    folder, files = demo
+    with open(files["train.jsonl"], encoding="utf-8") as f:
+        lines = f.readlines()[:64]
+    testing.write_files(folder, [("images/train/corrupt.png", b"not an image")])
+    for name in ("images/train/corrupt.png", "images/train/missing.png"):
+        lines.append(json.dumps({"image": name, "tags": ["red square"]}) + "\n")
+    manifest = os.path.join(folder, "train_with_bad.jsonl")
+    with open(manifest, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    config = demo_config(files, str(tmp_path / "run"), train_source=manifest, test_source="", epochs=2)
+    _, history, _ = training.train(config)
+    # Two bad files per pass over the data; prefetching may finish a pass a little early.
+    counts = history.history["unreadable_images"]
+    assert len(counts) == 2 and sum(counts) >= 2 and all(c % 2 == 0 for c in counts), counts
+    with pytest.raises(UnreadableImageError, match="corrupt.png"):
+        training.train(dataclasses.replace(config, strict=True, output_dir=str(tmp_path / "strict")))
 
 
 def test_compiled_model_saves_with_its_loss_and_metrics(tmp_path):
