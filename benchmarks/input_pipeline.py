@@ -6,7 +6,7 @@ JPEGs, then measures in one run, alternating rounds:
             resize((224, 224), BILINEAR), np.asarray, np.stack per batch (the official
             PyTorch code's approach, without the framework around it)
   tf files  pipelines.data.image_label_dataset over the image files
-  tf records pipelines.data.tfrecord_dataset over TFRecord shards of the same images
+  tf records pipelines.tfrecord.records.tfrecord_dataset over TFRecord shards of the same images
 The tf.data pipelines are built with repeat=True, as sdl_keras.training's are, and each
 measurement reads several passes through one iterator: a new iterator per pass would
 add TensorFlow's function instantiation (tens of ms) to every pass of a few hundred
@@ -104,8 +104,10 @@ def main(argv):
     pil_process = multiprocessing.get_context("spawn").Pool(1)
     import tensorflow as tf
 
-    from pipelines import data, tfrecord
-    from pipelines.manifest import LabeledImages
+    from pipelines import files
+    from pipelines.readers.manifest import LabeledImages
+    from pipelines.tfrecord import convert, records
+    from pipelines.tfrecord.format import shard_pattern
 
     cores = os.cpu_count()
     rows = []
@@ -116,12 +118,12 @@ def main(argv):
             paths = make_images(folder, size, FLAGS.images, seed=len(rows))
             labels = np.zeros((len(paths), 1006), np.float32)
             images = LabeledImages(paths, [str(i) for i in range(len(paths))], labels)
-            records = os.path.join(folder, "records")
-            tfrecord.convert(images, records, "train", num_shards=8)
+            record_dir = os.path.join(folder, "records")
+            convert.convert(images, record_dir, "train", num_shards=8)
             mean_kb = np.mean([os.path.getsize(p) for p in paths]) / 1024
-            from_files = data.image_label_dataset(paths, labels, IMAGE_SIZE, BATCH, repeat=True)
-            from_records = data.tfrecord_dataset(
-                tfrecord.shard_pattern(records, "train"), labels.shape[1], IMAGE_SIZE, BATCH, repeat=True,
+            from_files = files.image_label_dataset(paths, labels, IMAGE_SIZE, BATCH, repeat=True)
+            from_records = records.tfrecord_dataset(
+                shard_pattern(record_dir, "train"), labels.shape[1], IMAGE_SIZE, BATCH, repeat=True,
                 deterministic=False,
             )
             # Each measures `images` images and returns (wall, per core).

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from sdl_keras import retrieval  # noqa: E402
+from sdl_keras.retrieval import index as retrieval  # noqa: E402
 
 flags.DEFINE_integer("images", 1_000_000, "Images in the index.")
 flags.DEFINE_integer("num_rows", 7, "M, rows per image.")

@@ -48,7 +48,7 @@ def _fresh_export(root):
     import numpy as np
 
     from sdl_keras.embeddings import TagVocabulary
-    from sdl_keras.export import export_model
+    from sdl_keras.saved_model import export_model
     from sdl_keras.models import build_sdl_model
 
     model = build_sdl_model("small_cnn", FLAGS.num_rows, FLAGS.embed_dim, FLAGS.image_size)
@@ -67,7 +67,7 @@ def _fresh_export(root):
 
 def main(argv):
     del argv
-    from sdl_keras.serving.client import GrpcClient
+    from sdl_keras.serving.clients import GrpcClient
     from sdl_keras.serving.load import run_load, start_server_process
 
     with tempfile.TemporaryDirectory() as root:

@@ -76,13 +76,15 @@ def run_child(spec, steps):
     if spec["strategy"] == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from sdl_keras import distribute, training
+    from sdl_keras import training
+    from sdl_keras.config import TrainConfig
+    from sdl_keras.training import distribute
     from sdl_keras.embeddings import TagVocabulary
 
     backbone, size, batch, tags, dim = MODELS[spec["model"]]
     rng = np.random.default_rng(0)
     vocabulary = TagVocabulary([f"tag{i}" for i in range(tags)], rng.standard_normal((tags, dim)))
-    config = training.TrainConfig(backbone=backbone, image_size=size, num_rows=7, batch_size=batch,
+    config = TrainConfig.from_flat(backbone=backbone, image_size=size, num_rows=7, batch_size=batch,
                                   precision=spec["precision"], strategy=spec["strategy"])
     images = rng.integers(0, 256, (batch, size, size, 3)).astype(np.uint8)
     labels = (rng.random((batch, tags)) < 3.0 / tags).astype(np.float32)
@@ -111,8 +113,7 @@ def run_child(spec, steps):
 def measure(spec, steps):
     """Runs one configuration in a child process; the result row."""
     with tempfile.TemporaryDirectory() as dump:
-        env = dict(os.environ, TF_XLA_FLAGS="--tf_xla_cpu_global_jit", XLA_FLAGS=f"--xla_dump_to={dump}",
-                   TF_CPP_MIN_LOG_LEVEL="2")
+        env = dict(os.environ, TF_XLA_FLAGS="--tf_xla_cpu_global_jit", XLA_FLAGS=f"--xla_dump_to={dump}")
         try:
             process = subprocess.run(
                 [sys.executable, os.path.abspath(__file__), f"--child={json.dumps(spec)}", f"--steps={steps}"],

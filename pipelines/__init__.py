@@ -1,1 +1,6 @@
-"""Dataset readers and tf.data input pipelines (raw TensorFlow lives here, not in sdl_keras/)."""
+"""Dataset files -> tf.data batches: readers, the image decoder, TFRecords (TensorFlow;
+imports nothing from sdl_keras)."""
+
+from pipelines import environment
+
+environment.configure_tensorflow()  # before TensorFlow is imported

@@ -1,36 +1,30 @@
-"""absl flags from typed configs: one flag per dataclass field, so a CLI stays a thin layer.
+"""What every sdl_keras command line shares: flags from typed configs, and (from
+pipelines.command) the entry point that turns bad input into one clear line.
 
-Every CLI accepts `--flagfile=configs/NAME.flags`. Optional fields take "none".
+Every command accepts `--flagfile=configs/NAME.flags`. Optional fields take "none".
 """
 
 import dataclasses
-import logging
-import typing
 
 from absl import flags
 
-
-def _base_type(annotation):
-    if typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0], True
-    return annotation, False
+from pipelines.command import no_arguments, run, setup_logging  # noqa: F401  (the commands' entry points)
+from sdl_keras.config import leaf_type
 
 
-def define_config_flags(config_cls, helps, flag_values=flags.FLAGS):
-    """Defines a flag per field of `config_cls` with the field's default."""
-    defaults = config_cls()
-    for field in dataclasses.fields(config_cls):
-        kind, optional = _base_type(field.type)
-        default = getattr(defaults, field.name)
-        help_text = helps.get(field.name, field.name.replace("_", " "))
+def define_config_flags(config_cls, flag_values=flags.FLAGS, aliases=None):
+    """One flag per leaf field of a (nested) dataclass config, with the field's default and help."""
+    for field, default in _leaves(config_cls(), config_cls):
+        kind, optional = leaf_type(field)
+        help_text = field.metadata.get("help", field.name.replace("_", " "))
+        choices = field.metadata.get("choices")
         if kind is tuple:
             flags.DEFINE_list(field.name, [str(v) for v in default], help_text, flag_values=flag_values)
         elif optional:
-            flags.DEFINE_string(
-                field.name, "none" if default is None else str(default), help_text + " ('none' to unset)",
-                flag_values=flag_values,
-            )
+            flags.DEFINE_string(field.name, "none" if default is None else str(default),
+                                help_text + " ('none' to unset)", flag_values=flag_values)
+        elif choices:
+            flags.DEFINE_enum(field.name, default, list(choices), help_text, flag_values=flag_values)
         elif kind is bool:
             flags.DEFINE_bool(field.name, default, help_text, flag_values=flag_values)
         elif kind is int:
@@ -39,13 +33,25 @@ def define_config_flags(config_cls, helps, flag_values=flags.FLAGS):
             flags.DEFINE_float(field.name, default, help_text, flag_values=flag_values)
         else:
             flags.DEFINE_string(field.name, default, help_text, flag_values=flag_values)
+    for alias, name in (aliases or {}).items():
+        flags.DEFINE_alias(alias, name, flag_values=flag_values)
+
+
+def _leaves(config, config_cls):
+    """(field, default value) of every leaf of a config, sections flattened."""
+    for field in dataclasses.fields(config_cls):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, type(value))
+        else:
+            yield field, value
 
 
 def config_from_flags(config_cls, flag_values=flags.FLAGS):
-    """An instance of `config_cls` from parsed flags."""
+    """An instance of a config from parsed flags (`config_cls.from_flat`)."""
     values = {}
-    for field in dataclasses.fields(config_cls):
-        kind, optional = _base_type(field.type)
+    for field, _ in _leaves(config_cls(), config_cls):
+        kind, optional = leaf_type(field)
         value = flag_values[field.name].value
         if kind is tuple:
             value = tuple(int(v) for v in value)
@@ -58,8 +64,4 @@ def config_from_flags(config_cls, flag_values=flags.FLAGS):
                 except ValueError:
                     raise flags.ValidationError(f"--{field.name}={value!r} is not a {kind.__name__} or 'none'.")
         values[field.name] = value
-    return config_cls(**values)
-
-
-def setup_logging():
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return config_cls.from_flat(**values)

@@ -1,43 +1,49 @@
 """Evaluate a run zero-shot: `python -m sdl_keras.evaluate --run_dir=runs/demo`.
 
 Prints the paper's Table 1 layout (ZSL and GZSL rows, P/R/F1@K and mAP) for the
-model and for random scores, and writes the figures as JSON.
+model and for random scores, and writes the figures as JSON (RUN_DIR/results.json).
 """
 
-import os
+from absl import flags
 
-from absl import app, flags
+from sdl_keras import cli
 
-from sdl_keras import cli, evaluation, inference
-
-flags.DEFINE_string("run_dir", None, "Run directory written by sdl_keras.train.")
-flags.DEFINE_string("dataset", None, "Reader name, or tfrecord (records of pipelines.to_tfrecord); default: the run's.")
-flags.DEFINE_string(
-    "test_source", None, "Test data (tfrecord: the records folder, its test shards); default: the run's test_source."
-)
-flags.DEFINE_list("eval_ks", None, "K values of P/R/F1@K; default: the run's.")
-flags.DEFINE_integer("eval_batch_size", 64, "Images per inference batch.")
-flags.DEFINE_string("results", None, "JSON output; default: RUN_DIR/results.json.")
-flags.mark_flag_as_required("run_dir")
 FLAGS = flags.FLAGS
 
 
+def define_flags():
+    flags.DEFINE_string("run_dir", None, "Run directory written by sdl_keras.train.")
+    flags.DEFINE_string("dataset", None, "Reader name, or tfrecord (records of pipelines.to_tfrecord); default: "
+                        "the run's.")
+    flags.DEFINE_string("test_source", None, "Test data (tfrecord: the records folder, its test shards); default: "
+                        "the run's test_source.")
+    flags.DEFINE_list("eval_ks", None, "K values of P/R/F1@K; default: the run's.")
+    flags.DEFINE_integer("eval_batch_size", 64, "Images per inference batch.")
+    flags.DEFINE_string("results", None, "JSON output; default: RUN_DIR/results.json.")
+    flags.mark_flag_as_required("run_dir")
+
+
 def main(argv):
-    del argv
-    cli.setup_logging()
+    cli.no_arguments(argv)
+    from sdl_keras import evaluation, inference
+    from sdl_keras.run_dir import RunDirectory
+
     ks = [int(k) for k in FLAGS.eval_ks] if FLAGS.eval_ks else None
-    results = inference.evaluate_run(
-        FLAGS.run_dir, FLAGS.dataset, FLAGS.test_source, ks, batch_size=FLAGS.eval_batch_size
-    )
+    results = inference.evaluate_run(FLAGS.run_dir, FLAGS.dataset, FLAGS.test_source, ks,
+                                     batch_size=FLAGS.eval_batch_size)
     ks = sorted({int(key.split("@")[1]) for key in results["model"] if "@" in key})
     print()
     print(evaluation.format_table({"SDL (this run)": results["model"], "random scores": results["random"]}, ks))
     ratio = results["model"]["zsl/mAP"] / max(results["random"]["zsl/mAP"], 1e-9)
     print(f"\nZSL mAP is {ratio:.1f}x the random ranker's.")
-    path = FLAGS.results or os.path.join(FLAGS.run_dir, "results.json")
-    inference.write_results(results, path)
-    print(f"Results written to {path}")
+    run = RunDirectory(FLAGS.run_dir)
+    run.write_results(results, FLAGS.results)
+    print(f"Results written to {FLAGS.results or run.results_path}")
+
+
+def run():
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,326 +1,44 @@
-"""Exports a trained SDL model and its tag vocabulary as a TF Serving SavedModel.
+"""Export a run for TF Serving: `python -m sdl_keras.export --run_dir=runs/demo --name=demo`
+(or `--flagfile=configs/export.flags`) writes saved_models/<name>/<next version>/ with the
+deployment files beside the versions (sdl_keras.saved_model says what the signatures are).
+Scoring and image decoding are the run's own (its config.json)."""
 
-    python -m sdl_keras.export --run_dir runs/demo --name demo
-    python -m sdl_keras.export --flagfile=configs/export.flags
+from absl import flags
 
-writes `saved_models/<name>/<version>/` (the next free integer version unless
---version is given) with three signatures, all taking `images`, a batch of encoded
-JPEG/PNG/GIF/BMP bytes, decoded and resized inside the graph:
+from sdl_keras import cli
 
-  serving_default  -> tags (string [B, K]), scores (float [B, K]), rows (int32 [B, K],
-                      the dominant principal direction of each tag), unseen (bool [B, K])
-  matrix           -> matrix (float [B, M, d]), for indexing and retrieval
-  score_tags       (+ tag_vectors float [T, d]) -> scores (float [B, T]): tags that did
-                      not exist at export time, scored at serving time
-
-and, beside the versions, the TF Serving deployment files `models.config` and
-`batching_parameters.txt` (saved_models/README.md shows the serving command).
-"""
-
-import json
-import os
-import shutil
-
-import numpy as np
-
-from sdl_keras.embeddings import TagVocabulary
-
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-
-# TF Serving's --enable_batching: up to 32 images a batch, waiting at most 2 ms for them.
-BATCHING_PARAMETERS = {"max_batch_size": 32, "batch_timeout_micros": 2000, "max_enqueued_batches": 100, "num_batch_threads": 4}
-
-# Ops that call back into the Python interpreter: a SavedModel holding one cannot
-# be loaded by TF Serving (or anything without the exporting process).
-PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
-
-
-def _tf():
-    import keras
-    import tensorflow as tf
-
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            "Exporting a SavedModel needs the TensorFlow backend; "
-            f"KERAS_BACKEND is {keras.backend.backend()!r}."
-        )
-    return tf
-
-
-def load_checkpoint(path):
-    """The Keras model of a training checkpoint (`model.keras`), not compiled."""
-    import keras
-
-    import sdl_keras.baselines  # noqa: F401  registers the baselines' heads (CONSE, Semantic Softmax)
-    import sdl_keras.models  # noqa: F401  registers the head's and backbones' layers for deserialization
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
-    return keras.saving.load_model(path, compile=False)
-
-
-def check_model(model, vocabulary, source="the model"):
-    """(image_size, num_rows, embed_dim) of an SDL model, checked against the vocabulary."""
-    in_shape, out_shape = tuple(model.input_shape), tuple(model.output_shape)
-    if len(in_shape) != 4 or in_shape[1] != in_shape[2] or in_shape[1] is None or in_shape[3] != 3:
-        raise ValueError(f"{source} takes inputs of shape {in_shape}; expected (batch, S, S, 3) images.")
-    if len(out_shape) != 3 or None in out_shape[1:]:
-        raise ValueError(f"{source} outputs shape {out_shape}; expected the matrix A (batch, M, d).")
-    if out_shape[2] != vocabulary.dim:
-        raise ValueError(
-            f"{source} outputs {out_shape[2]}-dimensional principal directions but the vocabulary's "
-            f"tag vectors have {vocabulary.dim} dimensions."
-        )
-    return in_shape[1], out_shape[1], out_shape[2]
-
-
-def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="none"):
-    """A `keras.export.ExportArchive` holding the three SDL signatures (module docstring).
-
-    `aggregation` and `crop` must be the run's (its config.json): tags are scored and
-    images decoded as in training and evaluation.
-    """
-    import keras
-
-    from sdl_keras.scoring import tag_scores
-    from sdl_keras.serving.decoding import decode_images
-
-    tf = _tf()
-    image_size, _, embed_dim = check_model(model, vocabulary)
-    if not 1 <= int(top_k) <= len(vocabulary):
-        raise ValueError(f"top_k must be in [1, {len(vocabulary)}] (the vocabulary's size), got {top_k}.")
-    top_k = int(top_k)
-    tag_names = tf.constant(vocabulary.tags, dtype=tf.string)
-    vocabulary_vectors = tf.constant(vocabulary.vectors, dtype=tf.float32)
-    unseen = np.zeros(len(vocabulary), dtype=bool)
-    unseen[list(vocabulary.unseen)] = True
-    unseen = tf.constant(unseen)
-
-    images_spec = tf.TensorSpec([None], tf.string, name="images")
-
-    def matrix_of(images):
-        return model(decode_images(images, image_size, crop), training=False)
-
-    def serving_default(images):
-        scores, rows = tag_scores(matrix_of(images), vocabulary_vectors, aggregation)
-        top_scores, top = tf.math.top_k(scores, k=top_k)
-        return {
-            "tags": tf.gather(tag_names, top),
-            "scores": top_scores,
-            "rows": tf.gather(rows, top, batch_dims=1),
-            "unseen": tf.gather(unseen, top),
-        }
-
-    def matrix(images):
-        return {"matrix": matrix_of(images)}
-
-    def score_tags(images, tag_vectors):
-        # Served tags are scored like the vocabulary's, whose vectors are l2-normalized
-        # (DESIGN.md conventions); raw word vectors would otherwise score on another scale.
-        scores, _ = tag_scores(matrix_of(images), tf.math.l2_normalize(tag_vectors, axis=-1), aggregation)
-        return {"scores": scores}
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", serving_default, input_signature=[images_spec])
-    archive.add_endpoint("matrix", matrix, input_signature=[images_spec])
-    archive.add_endpoint(
-        "score_tags",
-        score_tags,
-        input_signature=[images_spec, tf.TensorSpec([None, embed_dim], tf.float32, name="tag_vectors")],
-    )
-    return archive
-
-
-def list_versions(base_path):
-    """The integer version directories under a model's base path, ascending."""
-    if not os.path.isdir(base_path):
-        return []
-    return sorted(int(d) for d in os.listdir(base_path) if d.isdigit() and os.path.isdir(os.path.join(base_path, d)))
-
-
-def next_version(base_path):
-    versions = list_versions(base_path)
-    return versions[-1] + 1 if versions else 1
-
-
-def write_warmup_requests(saved_model_dir, model_name, image_size):
-    """TF Serving replays `assets.extra/tf_serving_warmup_requests` before it serves a
-    version, so the first user request does not pay for graph initialization."""
-    tf = _tf()
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-    image = tf.io.encode_jpeg(tf.fill([image_size, image_size, 3], tf.constant(128, tf.uint8))).numpy()
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = "serving_default"
-    request.inputs["images"].CopyFrom(tf.make_tensor_proto([image], dtype=tf.string))
-    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-    path = os.path.join(saved_model_dir, WARMUP_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tf.io.TFRecordWriter(path) as writer:
-        writer.write(log.SerializeToString())
-
-
-def write_serving_config(base_path, model_name, serving_base_path=None, num_versions=2):
-    """Writes `models.config` and `batching_parameters.txt` beside a model's versions.
-
-    `models.config` is a ModelServerConfig text proto naming the newest `num_versions`
-    exported versions (so a rollback target stays loaded); `serving_base_path` is where
-    TF Serving sees this folder (the container path, `/models/<name>` by default).
-    """
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
-    versions = list_versions(base_path)
-    if not versions:
-        raise FileNotFoundError(f"No exported versions under {base_path}.")
-    config = model_server_config_pb2.ModelServerConfig()
-    model = config.model_config_list.config.add()
-    model.name = model_name
-    model.base_path = serving_base_path or f"/models/{model_name}"
-    model.model_platform = "tensorflow"
-    model.model_version_policy.specific.versions.extend(versions[-max(1, int(num_versions)) :])
-    with open(os.path.join(base_path, "models.config"), "w") as f:
-        f.write(text_format.MessageToString(config))
-    # BatchingParameters (tensorflow_serving/servables/tensorflow/session_bundle_config.proto),
-    # whose Python module the serving API package does not ship: written as text.
-    with open(os.path.join(base_path, "batching_parameters.txt"), "w") as f:
-        for key, value in BATCHING_PARAMETERS.items():
-            f.write(f"{key} {{ value: {value} }}\n")
-
-
-def read_saved_model(saved_model_dir):
-    """The SavedModel proto of an export folder (graphs and signature defs)."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
-        saved_model.ParseFromString(f.read())
-    return saved_model
-
-
-def python_ops(saved_model_dir):
-    """Sorted names of the ops in a SavedModel's graph (functions included) that TF
-    Serving cannot run: Python-bound ops, and ops missing from TensorFlow's registry."""
-    from tensorflow.python.framework import op_def_registry
-
-    saved_model = read_saved_model(saved_model_dir)
-    ops = set()
-    for meta_graph in saved_model.meta_graphs:
-        ops.update(node.op for node in meta_graph.graph_def.node)
-        for function in meta_graph.graph_def.library.function:
-            ops.update(node.op for node in function.node_def)
-    function_names = {f.signature.name for mg in saved_model.meta_graphs for f in mg.graph_def.library.function}
-    foreign = {op for op in ops if op not in function_names and op_def_registry.get(op) is None}
-    return sorted((ops & PYTHON_OPS) | foreign)
-
-
-def export_model(
-    model,
-    vocabulary,
-    base_path,
-    version=None,
-    top_k=10,
-    aggregation="max",
-    crop="none",
-    model_name=None,
-    serving_base_path=None,
-    num_versions=2,
-):
-    """Writes `base_path/<version>/` and refreshes the deployment files; returns its path.
-
-    The SavedModel is written to a hidden temporary folder and renamed into place, so
-    a server polling `base_path` (TF Serving, `sdl_keras.serving.server`) never loads a
-    half-written version.
-    """
-    image_size, _, _ = check_model(model, vocabulary)
-    model_name = model_name or os.path.basename(os.path.normpath(base_path))
-    version = next_version(base_path) if version is None else int(version)
-    if version < 1:
-        raise ValueError(f"Versions are positive integers, got {version}.")
-    target = os.path.join(base_path, str(version))
-    if os.path.exists(target):
-        raise FileExistsError(f"{target} exists; pick another --version or leave it unset for the next free one.")
-    os.makedirs(base_path, exist_ok=True)
-    staging = os.path.join(base_path, f".exporting-{version}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        build_export_archive(model, vocabulary, top_k, aggregation, crop).write_out(staging, verbose=False)
-        bad = python_ops(staging)
-        if bad:
-            raise ValueError(f"The exported graph holds ops TF Serving cannot run: {bad}")
-        write_warmup_requests(staging, model_name, image_size)
-        os.rename(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    write_serving_config(base_path, model_name, serving_base_path, num_versions)
-    return target
-
-
-def run_settings(run_dir):
-    """The scoring and decoding settings of a training run: its config.json's
-    `aggregation` and `crop`, with the defaults for runs that do not record them."""
-    settings = {"aggregation": "max", "crop": "none"}
-    path = os.path.join(run_dir, "config.json") if run_dir else None
-    if path and os.path.exists(path):
-        with open(path) as f:
-            config = json.load(f)
-        settings.update({k: config[k] for k in settings if config.get(k) is not None})
-    return settings
-
-
-def main(argv):
-    from absl import flags
-
-    FLAGS = flags.FLAGS
-    if len(argv) > 1:
-        raise SystemExit(f"Unexpected arguments: {argv[1:]}")
-    checkpoint = FLAGS.checkpoint or (FLAGS.run_dir and os.path.join(FLAGS.run_dir, "model.keras"))
-    vocabulary = FLAGS.vocabulary or (FLAGS.run_dir and os.path.join(FLAGS.run_dir, "vocabulary.npz"))
-    if not checkpoint or not vocabulary:
-        raise SystemExit("Pass --run_dir, or both --checkpoint and --vocabulary.")
-    name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.run_dir or os.path.dirname(checkpoint)))
-    settings = run_settings(FLAGS.run_dir or os.path.dirname(checkpoint))
-    settings.update({k: getattr(FLAGS, k) for k in settings if getattr(FLAGS, k)})
-    model = load_checkpoint(checkpoint)
-    vocab = TagVocabulary.load(vocabulary)
-    check_model(model, vocab, source=checkpoint)
-    path = export_model(
-        model,
-        vocab,
-        os.path.join(FLAGS.output_dir, name),
-        version=FLAGS.version or None,
-        top_k=FLAGS.top_k,
-        model_name=name,
-        serving_base_path=FLAGS.serving_base_path or None,
-        num_versions=FLAGS.num_versions,
-        **settings,
-    )
-    print(
-        f"Exported {checkpoint} with {len(vocab)} tags ({len(vocab.unseen)} unseen), "
-        f"{settings['aggregation']} aggregation, crop {settings['crop']}, to {path}"
-    )
+FLAGS = flags.FLAGS
 
 
 def define_flags():
-    from absl import flags
-
-    flags.DEFINE_string("run_dir", None, "A training run directory holding model.keras and vocabulary.npz.")
-    flags.DEFINE_string("checkpoint", None, "The .keras checkpoint (default: <run_dir>/model.keras).")
-    flags.DEFINE_string("vocabulary", None, "The TagVocabulary .npz (default: <run_dir>/vocabulary.npz).")
+    flags.DEFINE_string("run_dir", None, "A run directory (sdl_keras.train or sdl_keras.convert --run_dir).")
+    flags.DEFINE_string("checkpoint", None, "Another .keras file of the run to export, e.g. RUN_DIR/best.keras "
+                        "(default: RUN_DIR/model.keras).")
+    flags.DEFINE_string("vocabulary", None, "Another TagVocabulary .npz to export with (default: the run's).")
     flags.DEFINE_string("output_dir", "saved_models", "Exports go to <output_dir>/<name>/<version>/.")
     flags.DEFINE_string("name", None, "The model name (default: the run directory's name).")
     flags.DEFINE_integer("version", 0, "The version to write; 0 picks the next free one.")
     flags.DEFINE_integer("top_k", 10, "Tags that serving_default returns per image.")
     flags.DEFINE_string("serving_base_path", None, "The model's path as TF Serving sees it (default /models/<name>).")
     flags.DEFINE_integer("num_versions", 2, "The newest versions models.config asks TF Serving to serve.")
-    flags.DEFINE_enum("aggregation", None, ["max", "l2"], "Row aggregation (default: the run's config.json, else max).")
-    flags.DEFINE_enum("crop", None, ["none", "center"], "Image crop (default: the run's config.json, else none).")
+    flags.mark_flag_as_required("run_dir")
+
+
+def main(argv):
+    cli.no_arguments(argv)
+    from sdl_keras.saved_model import export_run
+
+    path, settings = export_run(
+        FLAGS.run_dir, FLAGS.output_dir, FLAGS.name, FLAGS.version or None, FLAGS.top_k,
+        FLAGS.serving_base_path or None, FLAGS.num_versions, FLAGS.checkpoint, FLAGS.vocabulary,
+    )
+    print(f"Exported {FLAGS.checkpoint or FLAGS.run_dir} with {settings['tags']} tags ({settings['unseen']} unseen), "
+          f"{settings['aggregation']} aggregation, crop {settings['crop']}, to {path}")
+
+
+def run():
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    define_flags()
-    app.run(main)
+    run()

@@ -63,10 +63,14 @@ class SDLLoss(keras.losses.Loss):
     the batch (exact, but a dynamic shape that XLA cannot compile); set it, e.g. to
     `max_positives_needed(train_labels)`, for `jit_compile=True`. An image with more
     positives than P raises an error when run eagerly; in graphs the input pipeline
-    (`pipelines.data.check_positives_bound`) enforces the bound.
+    (`pipelines.files.check_positives_bound`) enforces the bound.
+
+    Saving: the tag vectors are saved with the model's weights (`save_own_variables`),
+    not in the JSON config, which records only their shape.
 
     Args:
-        tag_vectors: (C, d) l2-normalized vectors of the tags the labels index.
+        tag_vectors: (C, d) l2-normalized vectors of the tags the labels index (from a
+            saved config: {"shape": [C, d]}, filled when the model's weights load).
         reg_weight: lam, the regularization weight; None disables regularization.
         diversity_weight: apply the semantic diversity weight w_i (else w_i = 1).
         normalization: "official" or "paper".
@@ -89,6 +93,10 @@ class SDLLoss(keras.losses.Loss):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        # A saved config holds only the shape; the values come with the weights.
+        self._vectors_restored = not isinstance(tag_vectors, dict)
+        if not self._vectors_restored:
+            tag_vectors = np.zeros(tag_vectors["shape"], dtype="float32")
         tag_vectors = np.asarray(tag_vectors, dtype="float32")
         if tag_vectors.ndim != 2:
             raise ValueError(f"tag_vectors must be (C, d), got shape {tag_vectors.shape}.")
@@ -125,8 +133,27 @@ class SDLLoss(keras.losses.Loss):
         slot_mask, slots = ops.top_k(positives, bound)
         return slots, slot_mask
 
+    def check_restored(self):
+        """Raises unless the tag vectors are real (not the placeholder of a bare config)."""
+        if not self._vectors_restored:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r} was rebuilt from a config without its tag vectors, which are "
+                "saved with the model's weights: load it with its model (sdl_keras.saving.load_model)."
+            )
+
+    def save_own_variables(self, store):
+        store["tag_vectors"] = self.tag_vectors
+
+    def load_own_variables(self, store):
+        vectors = np.asarray(store["tag_vectors"], dtype="float32")
+        if vectors.shape != self.tag_vectors.shape:
+            raise ValueError(f"Saved tag vectors of shape {vectors.shape} for an SDLLoss of {self.tag_vectors.shape}.")
+        self.tag_vectors = vectors
+        self._vectors_restored = True
+
     def terms(self, y_true, y_pred):
         """The loss per image and its parts, each (B,): rank, weight, reg, has_positive, loss."""
+        self.check_restored()
         labels = ops.cast(y_true, "float32")
         A = ops.cast(y_pred, "float32")
         positives = ops.cast(ops.equal(labels, 1.0), "float32")
@@ -198,7 +225,7 @@ class SDLLoss(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config.update(
-            tag_vectors=self.tag_vectors.tolist(),
+            tag_vectors={"shape": list(self.tag_vectors.shape)},
             reg_weight=self.reg_weight,
             diversity_weight=self.diversity_weight,
             normalization=self.normalization,

@@ -1,9 +1,11 @@
-"""Streaming ZSL/GZSL metrics for `model.compile(metrics=[...])`."""
+"""Metrics for `model.compile(metrics=[...])`: streaming ZSL/GZSL tagging and retrieval
+figures (`SDLMetrics`), and the parts of the SDL loss (`LossParts`)."""
 
 import keras
 import numpy as np
 from keras import ops
 
+from sdl_keras.losses import SDLLoss
 from sdl_keras.scoring import AGGREGATIONS, tag_scores
 
 
@@ -44,8 +46,14 @@ class SDLMetrics(keras.metrics.Metric):
     Shape contract: y_true labels (B, C) in {1, 0, -1}; y_pred A (B, M, d);
     `tag_vectors` (C, d).
 
+    Saving: Keras saves no metric state, so pass the model's `SDLLoss` as `tag_vectors`:
+    the metric then scores with the loss's vectors, which are saved once, with the loss,
+    and a reloaded model's metric and loss share them again. A metric given an array
+    saves only its shape; reloaded, it asks for its vectors when first used.
+
     Args:
-        tag_vectors: (C, d) vectors of the tags the labels index.
+        tag_vectors: (C, d) vectors of the tags the labels index, or an `SDLLoss` whose
+            tag vectors these are.
         unseen: indices of the unseen tags among them.
         ks: the K of P/R/F1@K.
         aggregation: "max" or "l2" (see `sdl_keras.scoring`).
@@ -65,10 +73,19 @@ class SDLMetrics(keras.metrics.Metric):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        self.tag_vectors = np.asarray(tag_vectors, dtype="float32")
-        if self.tag_vectors.ndim != 2:
-            raise ValueError(f"tag_vectors must be (C, d), got shape {self.tag_vectors.shape}.")
-        num_tags = self.tag_vectors.shape[0]
+        if isinstance(tag_vectors, dict) and "class_name" in tag_vectors:
+            tag_vectors = keras.saving.deserialize_keras_object(tag_vectors)
+        self._loss = tag_vectors if isinstance(tag_vectors, SDLLoss) else None
+        if self._loss is None:
+            # An array, or from a saved config {"shape": [C, d]} (see Saving).
+            self._vectors = None if isinstance(tag_vectors, dict) else np.asarray(tag_vectors, dtype="float32")
+            shape = tuple(tag_vectors["shape"]) if self._vectors is None else self._vectors.shape
+        else:
+            shape = self._loss.tag_vectors.shape
+        if len(shape) != 2:
+            raise ValueError(f"tag_vectors must be (C, d), got shape {shape}.")
+        self._shape = tuple(int(n) for n in shape)
+        num_tags = self._shape[0]
         self.unseen = tuple(sorted(int(i) for i in unseen))
         bad = [i for i in self.unseen if not 0 <= i < num_tags]
         if bad:
@@ -97,6 +114,19 @@ class SDLMetrics(keras.metrics.Metric):
                 "positive_hist": zeros((width, self.num_bins), "positive_hist"),
                 "negative_hist": zeros((width, self.num_bins), "negative_hist"),
             }
+
+    @property
+    def tag_vectors(self):
+        """The (C, d) vectors scored: the loss's when given one."""
+        if self._loss is not None:
+            self._loss.check_restored()
+            return self._loss.tag_vectors
+        if self._vectors is None:
+            raise ValueError(
+                f"SDLMetrics {self.name!r} was saved without its tag vectors (it was given an array): compile "
+                "with SDLMetrics(loss, ...) to save them with the loss, or build the metric again with its vectors."
+            )
+        return self._vectors
 
     def _histogram(self, bins, weights, width):
         offsets = ops.arange(width, dtype="int32")[None, :] * self.num_bins
@@ -158,11 +188,68 @@ class SDLMetrics(keras.metrics.Metric):
     def get_config(self):
         config = super().get_config()
         config.update(
-            tag_vectors=self.tag_vectors.tolist(),
+            tag_vectors=(
+                keras.saving.serialize_keras_object(self._loss) if self._loss is not None
+                else {"shape": list(self._shape)}
+            ),
             unseen=list(self.unseen),
             ks=list(self.ks),
             aggregation=self.aggregation,
             num_bins=self.num_bins,
             score_scale=self.score_scale,
         )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="sdl_keras")
+class LossParts(keras.metrics.Metric):
+    """The parts of an `SDLLoss` (see `SDLLoss.terms`), averaged over the epoch's images:
+    "loss/rank", the pairwise rank term rank_i of equation 2 (a sum over the image's
+    (positive, negative) pairs); "loss/diversity_weight", the semantic diversity weight
+    w_i of equation 3; both over the images with a positive, as the loss averages; and
+    "loss/reg", the row-variance term of equation 4, over all images. The states are
+    sums, so replicas under tf.distribute merge exactly.
+
+    Shape contract: y_true labels (B, C) over the loss's tags; y_pred A (B, M, d).
+
+    Args:
+        loss: the SDLLoss the model trains with.
+    """
+
+    def __init__(self, loss, name="loss_parts", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if isinstance(loss, dict):
+            loss = keras.saving.deserialize_keras_object(loss)
+        if not hasattr(loss, "terms"):
+            raise TypeError(f"LossParts needs a loss with terms() (SDLLoss), got {type(loss).__name__}.")
+        self.loss = loss
+        zero = lambda name: self.add_variable(shape=(), initializer="zeros", dtype="float32", name=name)  # noqa: E731
+        self.sums = {part: zero(part) for part in ("rank", "weight", "reg", "with_positive", "images")}
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError("LossParts does not support sample_weight.")
+        terms = self.loss.terms(y_true, y_pred)
+        has_positive = terms["has_positive"]
+        self.sums["rank"].assign_add(ops.sum(terms["rank"] * has_positive))
+        self.sums["weight"].assign_add(ops.sum(terms["weight"] * has_positive))
+        self.sums["reg"].assign_add(ops.sum(terms["reg"]))
+        self.sums["with_positive"].assign_add(ops.sum(has_positive))
+        self.sums["images"].assign_add(ops.cast(ops.shape(has_positive)[0], "float32"))
+
+    def result(self):
+        with_positive = ops.maximum(self.sums["with_positive"], 1.0)
+        return {
+            "loss/rank": self.sums["rank"] / with_positive,
+            "loss/diversity_weight": self.sums["weight"] / with_positive,
+            "loss/reg": self.sums["reg"] / ops.maximum(self.sums["images"], 1.0),
+        }
+
+    def reset_state(self):
+        for variable in self.variables:
+            variable.assign(ops.zeros(variable.shape, dtype=variable.dtype))
+
+    def get_config(self):
+        config = super().get_config()
+        config["loss"] = keras.saving.serialize_keras_object(self.loss)
         return config

@@ -1,33 +1,35 @@
 """Train an SDL model: `python -m sdl_keras.train --flagfile=configs/demo.flags`.
 
-A thin CLI over `sdl_keras.training.train`; every TrainConfig field is a flag.
-Multi-host runs: the same command on every host, each with its TF_CONFIG
-(docs/training.md).
+A thin command line over `sdl_keras.training.train`: every TrainConfig field
+(sdl_keras/config.py) is a flag, with its help beside the field; `--run_dir` is
+`--output_dir`. Multi-host runs: the same command on every host, each with its
+TF_CONFIG (docs/training.md).
 """
 
-import os
+from absl import flags
 
-# TensorFlow reads TF_XLA_FLAGS once, when it is imported: allow XLA auto-clustering on
-# the CPU (sdl_keras.distribute.CPU_AUTO_CLUSTERING_FLAG; inert unless --xla_mode turns
-# auto-clustering on).
-if "--tf_xla_cpu_global_jit" not in os.environ.get("TF_XLA_FLAGS", "").split():
-    os.environ["TF_XLA_FLAGS"] = (os.environ.get("TF_XLA_FLAGS", "") + " --tf_xla_cpu_global_jit").strip()
+from sdl_keras import cli
+from sdl_keras.config import TrainConfig
 
-from absl import app  # noqa: E402
-
-from sdl_keras import cli, training  # noqa: E402
+FLAGS = flags.FLAGS
 
 
-cli.define_config_flags(training.TrainConfig, training.FIELD_HELP)
+def define_flags():
+    cli.define_config_flags(TrainConfig, aliases={"run_dir": "output_dir"})
 
 
 def main(argv):
-    del argv
-    cli.setup_logging()
-    config = cli.config_from_flags(training.TrainConfig)
-    training.train(config)
-    print(f"Run written to {config.output_dir}")
+    cli.no_arguments(argv)
+    from sdl_keras.training import train
+
+    config = cli.config_from_flags(TrainConfig)
+    train(config)
+    print(f"Run written to {config.runtime.output_dir}")
+
+
+def run():
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -80,3 +80,46 @@ def check_fit_step(model, inputs, targets, loss, **compile_kwargs):
     after = model.trainable_weights
     assert any(not np.allclose(b, keras.ops.convert_to_numpy(a)) for b, a in zip(before, after))
     return history
+
+
+def encoded_image(fmt="PNG", size=(32, 32), seed=0, mode="RGB"):
+    """Random image bytes in a PIL format, and the pixels PIL decodes from them (H, W, 3)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    image = Image.fromarray(array[..., 0] if channels == 1 else array)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    data = buffer.getvalue()
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return data, decoded
+
+
+def python_env(**extra):
+    """Environment for subprocesses running this checkout's commands as a user's shell would:
+    without the variables importing TensorFlow set in this process (TF_CPP_MIN_LOG_LEVEL)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF2_BEHAVIOR")}
+    env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def smooth_image(size, seed=0):
+    """A smooth PIL image (width, height): resampling methods agree on it up to rounding."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (3, 4, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+
+
+def encode_image(image, fmt, **kwargs):
+    """A PIL image's bytes in `fmt`."""
+    import io
+
+    out = io.BytesIO()
+    image.save(out, fmt, **kwargs)
+    return out.getvalue()

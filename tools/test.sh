@@ -9,10 +9,10 @@ if ! command -v bazel >/dev/null 2>&1 || [ ! -d /usr/share/bazel/rules/java ]; t
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq bazel-bootstrap bazel-rules-java
 fi
 tools/venv.sh requirements-dev.txt
-# The tests run under the project's interpreter, deliberately: --python_path with
-# Python toolchains off (.bazelrc), not whatever python3 is first on PATH.
+# The tests run under the project's interpreter, deliberately: .bazelrc.venv (written by
+# tools/venv.sh) sets --python_path with Python toolchains off, for `bazel run` as well.
 set +e
-bazel test --python_path="$PWD/.venv/bin/python" //... "$@" 2>&1 | tee .bazel-test.log
+bazel test //... "$@" 2>&1 | tee .bazel-test.log
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -cE '^//.* PASSED in' .bazel-test.log || true)

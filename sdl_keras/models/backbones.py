@@ -19,48 +19,23 @@ PyTorch checkpoint (`.safetensors`, `.pth`) that `sdl_keras.convert` reads.
 import os
 
 import keras
-from keras import ops
 
+from sdl_keras import keras_compat
+from sdl_keras.layers import CaffePreprocessing
 from sdl_keras.models import tresnet
 from sdl_keras.models.small_cnn import small_cnn
 
 SAVED_MODEL_PREFIX = "savedmodel:"
-# keras.applications' "caffe" mode: BGR channel means of ImageNet.
-CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
 @keras.saving.register_keras_serializable(package="sdl_keras")
-class CaffePreprocessing(keras.layers.Layer):
-    """keras.applications' "caffe" preprocessing (ResNet50, VGG19): RGB -> BGR, minus ImageNet's channel means.
-
-    Shape contract: images (B, H, W, 3) RGB in [0, 255] -> (B, H, W, 3) BGR, zero-centred.
-    """
-
-    def call(self, images):
-        bgr = ops.flip(ops.cast(images, self.compute_dtype), axis=-1)
-        return bgr - ops.convert_to_tensor(CAFFE_BGR_MEAN, dtype=self.compute_dtype)
-
-
-@keras.saving.register_keras_serializable(package="sdl_keras")
-class SavedModelLayer(keras.layers.TFSMLayer):
-    """`keras.layers.TFSMLayer` whose reloaded variables an optimizer can train.
-
-    TF names variables "scope/kernel:0"; TFSMLayer keeps the ":0", and the optimizer
-    slots named after it are invalid TF scope names, so fitting failed. The variables
-    are the SavedModel's own (shared, not copied). Arguments as `TFSMLayer`.
+class SavedModelLayer(keras_compat.TrainableTFSMLayer):
+    """A SavedModel / TF-Hub-format feature extractor as a Keras layer whose variables an
+    optimizer can train (keras_compat.TrainableTFSMLayer). TensorFlow backend only.
+    Arguments as `keras.layers.TFSMLayer`.
 
     Shape contract: whatever the endpoint maps (here images (B, H, W, 3) -> features).
     """
-
-    def _add_existing_weight(self, weight):
-        variable = keras.Variable(
-            initializer=weight,
-            trainable=weight.trainable,
-            dtype=weight.dtype,
-            shape=weight.shape,
-            name=weight.name.split(":")[0].replace("/", "_"),
-        )
-        self._track_variable(variable)
 
 
 def _unit_scale():

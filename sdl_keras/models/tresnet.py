@@ -20,6 +20,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from sdl_keras.models import torch_files
+
 # timm's TResNet: the stem's activation is LeakyReLU(0.01) and the blocks' is
 # LeakyReLU(0.001) (the original code's InPlaceABN `activation_param`s).
 STEM_SLOPE = 1e-2
@@ -29,8 +31,6 @@ BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 # InPlaceABN keeps its scale positive as |w| + eps; timm converts weights this way.
 INPLACE_ABN_EPSILON = 1e-5
-
-TORCH_CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin", ".ckpt", ".safetensors")
 
 
 @keras.saving.register_keras_serializable(package="sdl_keras")
@@ -278,24 +278,26 @@ def _check_weights_argument(weights):
 def load_tresnet_weights(model, path):
     """Loads a Keras `.weights.h5` or a PyTorch TResNet checkpoint into `model`.
 
-    PyTorch checkpoints go through `sdl_keras.convert.load_torch_tresnet_weights`
-    with `skip_head=True` when `model` has no classifier, so ImageNet checkpoints
-    initialize a features backbone.
+    PyTorch checkpoints (timm's or the original layout) skip their heads when `model`
+    has no classifier, so ImageNet checkpoints initialize a features backbone. (The SDL
+    head of a ZS_SDL checkpoint goes through `sdl_keras.convert.load_torch_tresnet_weights`.)
     """
     path = str(path)
     _check_weights_argument(path)
     if path.endswith(".h5") or path.endswith(".keras"):
         model.load_weights(path)
-        return None
-    if path.lower().endswith(TORCH_CHECKPOINT_SUFFIXES):
-        from sdl_keras.convert import load_torch_tresnet_weights  # the converter imports this module
-
-        has_classifier = any(layer.name == "head.fc" for layer in model.layers)
-        return load_torch_tresnet_weights(model, path, skip_head=not has_classifier)
-    raise ValueError(
-        f"Cannot tell the format of TResNet weights {path!r}: expected a Keras .weights.h5 or a "
-        f"PyTorch checkpoint ({', '.join(TORCH_CHECKPOINT_SUFFIXES)})."
-    )
+        return
+    if not torch_files.is_torch_checkpoint(path):
+        raise ValueError(
+            f"Cannot tell the format of TResNet weights {path!r}: expected a Keras .weights.h5 or a "
+            f"PyTorch checkpoint ({', '.join(torch_files.TORCH_CHECKPOINT_SUFFIXES)})."
+        )
+    state, _ = torch_files.split_checkpoint(torch_files.read_torch_checkpoint(path), path)
+    weights, sources = checkpoint_filter(state)
+    net = find_tresnet(model)
+    skip_head = not any(layer.name == "head.fc" for layer in net.layers)
+    for variable, value in match_checkpoint(net, weights, sources, path, skip_head=skip_head):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
 # ----------------------------------------------------------------------------- checkpoint filter
@@ -352,6 +354,135 @@ def checkpoint_filter(state_dict):
         weights[name] = value
         sources[name] = key
     return weights, sources
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint key is missing, extra or mis-shaped for the Keras model; the message names it."""
+
+
+def _oihw_to_hwio(kernel):
+    return np.transpose(kernel, (2, 3, 1, 0))
+
+
+def _hwio_to_oihw(kernel):
+    return np.transpose(kernel, (3, 2, 0, 1))
+
+
+# Keras layer class -> (torch parameter, Keras attribute, torch->Keras, Keras->torch).
+_VARIABLES = (
+    (layers.Conv2D, (("weight", "kernel", _oihw_to_hwio, _hwio_to_oihw), ("bias", "bias", None, None))),
+    (layers.Dense, (("weight", "kernel", np.transpose, np.transpose), ("bias", "bias", None, None))),
+    (
+        layers.BatchNormalization,
+        (
+            ("weight", "gamma", None, None),
+            ("bias", "beta", None, None),
+            ("running_mean", "moving_mean", None, None),
+            ("running_var", "moving_variance", None, None),
+        ),
+    ),
+)
+HEAD_PREFIXES = ("head.", "embedding.")
+
+
+def find_tresnet(model):
+    """The TResNet functional model inside `model` (itself, or a nested submodel), by its stem
+    layer; ValueError if there is none."""
+    names = {layer.name for layer in model.layers}
+    if "conv1.conv" in names and "s2d" in names:
+        return model
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            try:
+                return find_tresnet(layer)
+            except ValueError:
+                continue
+    raise ValueError(f"Model {model.name!r} holds no TResNet (no layers 's2d' and 'conv1.conv').")
+
+
+def tresnet_variables(net):
+    """{timm-layout key: (Keras variable, torch->Keras, Keras->torch)} for every weight of a TResNet."""
+    entries = {}
+    for layer in net.layers:
+        if not layer.weights:
+            continue
+        for cls, params in _VARIABLES:
+            if isinstance(layer, cls):
+                for param, attr, to_keras, to_torch in params:
+                    variable = getattr(layer, attr, None)
+                    if variable is not None:
+                        entries[f"{layer.name}.{param}"] = (variable, to_keras, to_torch)
+                break
+        else:
+            raise TypeError(f"No PyTorch mapping for TResNet layer {layer.name!r} ({type(layer).__name__}).")
+    return entries
+
+
+def tresnet_state_dict(model):
+    """The timm-layout state dict (numpy, PyTorch layouts) of the TResNet in a Keras model:
+    the inverse of loading, classifier `head.fc` included; `num_batches_tracked` counters
+    are not written."""
+    state = {}
+    for key, (variable, _, to_torch) in tresnet_variables(find_tresnet(model)).items():
+        value = np.asarray(variable.value)
+        # Contiguous, as torch.from_numpy and safetensors' writer need.
+        value = np.ascontiguousarray(to_torch(value) if to_torch else value)
+        state[key if key.startswith("head.") else f"body.{key}"] = value
+    return state
+
+
+def _describe(keys, sources, limit=8):
+    shown = [repr(sources.get(k, k)) for k in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(shown) + more
+
+
+def match_checkpoint(net, weights, sources, source, skip_head=False, other_keys=()):
+    """(Keras variable, value) pairs for every weight of the TResNet `net` from a filtered
+    checkpoint (`checkpoint_filter`), checked before anything is written.
+
+    Args:
+        skip_head: ignore the checkpoint's heads (`head.*`, `embedding.*`) and the net's
+            classifier, to start a new head from a pretrained body.
+        other_keys: checkpoint keys the caller places elsewhere (an SDL head).
+
+    Raises:
+        CheckpointMismatchError: a missing, extra or mis-shaped key, named.
+    """
+    expected = tresnet_variables(net)
+    if skip_head:
+        expected = {k: v for k, v in expected.items() if not k.startswith(HEAD_PREFIXES)}
+        weights = {k: v for k, v in weights.items() if not k.startswith(HEAD_PREFIXES)}
+    missing = [k for k in expected if k not in weights]
+    if missing:
+        raise CheckpointMismatchError(
+            f"{source} lacks {len(missing)} TResNet weight(s) the Keras model needs: "
+            f"{_describe(missing, {})} (timm-layout names). Is it a TResNet of this size?"
+        )
+    extra = [k for k in weights if k not in expected and k not in set(other_keys)]
+    if extra:
+        hint = ""
+        if all(k.startswith(HEAD_PREFIXES) for k in extra):
+            hint = (
+                " They are the checkpoint's head, which the model has no place for: pass "
+                "skip_head=True to start the head anew (the CLI's --target=backbone does)."
+            )
+        raise CheckpointMismatchError(
+            f"{source} has {len(extra)} key(s) with no place in the Keras model: "
+            f"{_describe(extra, sources)}.{hint}"
+        )
+    assignments = []
+    for key, (variable, to_keras, to_torch) in expected.items():
+        value = weights[key]
+        # Compare in PyTorch layout, before any transpose can fail on a wrong rank.
+        torch_shape = np.shape(to_torch(np.broadcast_to(np.float32(0), variable.shape)) if to_torch else variable)
+        if tuple(value.shape) != tuple(torch_shape):
+            raise CheckpointMismatchError(
+                f"{source}: {sources[key]!r} has shape {tuple(value.shape)}; Keras variable "
+                f"{variable.path!r} needs {tuple(torch_shape)} in PyTorch layout."
+            )
+        assignments.append((variable, to_keras(value) if to_keras else value))
+    return assignments
 
 
 # ----------------------------------------------------------------------------- constructors

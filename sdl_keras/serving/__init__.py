@@ -1,3 +1,4 @@
-"""Serving exported SDL models: in-graph image decoding (decoding), a local server speaking
-TF Serving's gRPC and REST APIs (server, servables, rest), clients (client) and load
-generation (load). Raw TensorFlow is allowed here; the exports come from sdl_keras.export."""
+"""Serving exported SDL models: a local server speaking TF Serving's gRPC and REST APIs
+(model_server, servables, rest), clients (clients) and load generation (load); the
+`server` and `client` modules are the command lines. Raw TensorFlow is allowed here; the
+exports come from sdl_keras.saved_model and decode images with pipelines.decode."""

@@ -1,267 +1,25 @@
-"""Tags images through TF Serving (or `sdl_keras.serving.server`) over gRPC or REST.
+"""Tag images through TF Serving (or `sdl_keras.serving.server`) over gRPC or REST.
 
     python -m sdl_keras.serving.client --server 127.0.0.1:8500 --model demo photo.jpg ...
     python -m sdl_keras.serving.client --rest 127.0.0.1:8501 --model demo photo.jpg
     python -m sdl_keras.serving.client --model demo --tags "beach,sunset,hot dog" \\
         --tag_vectors wiki.en.vec photo.jpg        # open vocabulary, through score_tags
 
-gRPC uses the `tensorflow-serving-api` stubs (PredictionService.Predict and
-GetModelMetadata, ModelService.GetModelStatus); REST sends TF Serving's JSON with
-`{"b64": ...}` images. Prints a table, or JSON lines with --format=jsonl.
+Prints a table, or JSON lines with --format=jsonl (sdl_keras/serving/clients.py).
 """
 
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 
-import numpy as np
+from absl import app, flags
 
-MAX_MESSAGE_BYTES = 256 << 20
+from sdl_keras import cli
 
-
-class ServingClientError(Exception):
-    """A request the server refused: `code` is the status name (INVALID_ARGUMENT, ...)."""
-
-    def __init__(self, code, message):
-        super().__init__(f"{code}: {message}")
-        self.code, self.message = code, message
-
-
-class GrpcClient:
-    """TF Serving's gRPC API: `target` is HOST:PORT (8500 by TF Serving's convention)."""
-
-    def __init__(self, target, timeout=30.0):
-        import grpc
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
-
-        self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
-        self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
-
-    def _call(self, method, request):
-        import grpc
-
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as error:
-            raise ServingClientError(error.code().name, error.details()) from None
-
-    @staticmethod
-    def _spec(spec, model, version, signature=None):
-        spec.name = model
-        if version:
-            spec.version.value = int(version)
-        if signature is not None:
-            spec.signature_name = signature
-
-    def predict(self, model, inputs, signature="serving_default", version=None):
-        """{output: numpy array} for {input: array-like}; bytes inputs travel as DT_STRING."""
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
-
-        request = predict_pb2.PredictRequest()
-        self._spec(request.model_spec, model, version, signature)
-        for key, value in inputs.items():
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
-        response = self._call(self._predictions.Predict, request)
-        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
-
-    def signatures(self, model, version=None):
-        """The model's SignatureDefMap as JSON (GetModelMetadata)."""
-        from google.protobuf import json_format
-        from tensorflow_serving.apis import get_model_metadata_pb2
-
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        self._spec(request.model_spec, model, version)
-        response = self._call(self._predictions.GetModelMetadata, request)
-        defs = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(defs)
-        return json_format.MessageToDict(defs, preserving_proto_field_name=True)["signature_def"]
-
-    def status(self, model, version=None):
-        """[(version, state)] of the model's versions (GetModelStatus)."""
-        from tensorflow_serving.apis import get_model_status_pb2
-
-        request = get_model_status_pb2.GetModelStatusRequest()
-        self._spec(request.model_spec, model, version)
-        response = self._call(self._models.GetModelStatus, request)
-        states = get_model_status_pb2.ModelVersionStatus.State
-        return [(s.version, states.Name(s.state)) for s in response.model_version_status]
-
-    def close(self):
-        self._channel.close()
-
-
-class RestClient:
-    """TF Serving's REST API: `target` is HOST:PORT (8501 by TF Serving's convention)."""
-
-    def __init__(self, target, timeout=30.0):
-        self.base = target if "://" in target else f"http://{target}"
-        self.timeout = timeout
-
-    def _request(self, path, body=None):
-        data = None if body is None else json.dumps(body).encode("utf-8")
-        request = urllib.request.Request(self.base + path, data=data, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            try:
-                message = json.loads(error.read()).get("error", "")
-            except ValueError:
-                message = error.reason
-            code = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED"}.get(error.code, f"HTTP_{error.code}")
-            raise ServingClientError(code, message) from None
-        except urllib.error.URLError as error:
-            raise ServingClientError("UNAVAILABLE", f"{self.base}: {error.reason}") from None
-
-    @staticmethod
-    def _path(model, version):
-        return f"/v1/models/{model}" + (f"/versions/{int(version)}" if version else "")
-
-    def predict(self, model, inputs, signature="serving_default", version=None):
-        from sdl_keras.serving import rest
-
-        body = self._request(self._path(model, version) + ":predict", rest.predict_request(inputs, signature))
-        return rest.outputs_from_response(body, single_output=_SINGLE_OUTPUTS.get(signature, "output"))
-
-    def signatures(self, model, version=None):
-        body = self._request(self._path(model, version) + "/metadata")
-        return body["metadata"]["signature_def"]["signature_def"]
-
-    def status(self, model, version=None):
-        body = self._request(self._path(model, version))
-        return [(int(s["version"]), s["state"]) for s in body["model_version_status"]]
-
-    def close(self):
-        pass
-
-
-# TF Serving's REST API answers a one-output signature with the bare value.
-_SINGLE_OUTPUTS = {"matrix": "matrix", "score_tags": "scores"}
-_OUTPUT_ORDER = ("tags", "scores", "rows", "unseen")
-
-
-def _row(array):
-    """One image's output as JSON-ready lists (strings decoded)."""
-    if array.dtype == object:
-        return [value.decode("utf-8", errors="replace") for value in array]
-    return array.tolist()
-
-
-def tag_images(client, model, images, signature="serving_default", version=None, tags=None, tag_vectors=None, top_k=None):
-    """One result dict per encoded image.
-
-    serving_default: tags, scores, rows, unseen (the export's top K). score_tags: the
-    given `tags` scored with `tag_vectors` (T, d), best first, `top_k` of them.
-    matrix: the (M, d) matrix. Other signatures: their outputs as lists.
-    """
-    inputs = {"images": np.array(list(images), dtype=object)}
-    if signature == "score_tags":
-        if tags is None or tag_vectors is None:
-            raise ValueError("score_tags needs tags and their vectors (--tags and --tag_vectors).")
-        inputs["tag_vectors"] = np.asarray(tag_vectors, dtype=np.float32)
-    outputs = client.predict(model, inputs, signature, version)
-    results = []
-    for i in range(len(images)):
-        if signature == "score_tags":
-            scores = outputs["scores"][i]
-            order = np.argsort(-scores, kind="stable")[:top_k]
-            results.append({"tags": [tags[j] for j in order], "scores": scores[order].tolist()})
-        else:
-            # serving_default's outputs in their documented order, then any others.
-            keys = [k for k in _OUTPUT_ORDER if k in outputs] + sorted(set(outputs) - set(_OUTPUT_ORDER))
-            results.append({k: _row(outputs[k][i]) for k in keys})
-    return results
-
-
-def format_table(names, results):
-    """A readable table: one line per tag (or per matrix row norm)."""
-    lines = []
-    width = max([len("image")] + [len(n) for n in names])
-    for name, result in zip(names, results):
-        if "tags" in result:
-            if not lines:
-                lines.append(f"{'image':<{width}}  {'tag':<20} {'score':>9} {'row':>4}  unseen")
-            rows, unseen = result.get("rows"), result.get("unseen")  # score_tags has neither
-            for j, tag in enumerate(result["tags"]):
-                label = name if j == 0 else ""
-                row = rows[j] if rows else ""
-                mark = "*" if unseen and unseen[j] else ""
-                lines.append(f"{label:<{width}}  {tag:<20} {result['scores'][j]:>9.4f} {row!s:>4}  {mark}")
-        else:
-            for key, value in result.items():
-                array = np.asarray(value)
-                detail = f"row norms {np.round(np.linalg.norm(array, axis=-1), 4).tolist()}" if array.ndim == 2 else value
-                lines.append(f"{name:<{width}}  {key} {list(array.shape)} {detail}")
-    return "\n".join(lines)
-
-
-def _batches(items, size):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def main(argv):
-    from absl import flags
-
-    FLAGS = flags.FLAGS
-    paths = argv[1:]
-    client = RestClient(FLAGS.rest, FLAGS.timeout) if FLAGS.rest else GrpcClient(FLAGS.server, FLAGS.timeout)
-    version = FLAGS.version or None
-    try:
-        if FLAGS.metadata:
-            print(json.dumps({"status": client.status(FLAGS.model, version), "signatures": client.signatures(FLAGS.model, version)}, indent=1))
-            return 0
-        if not paths:
-            raise SystemExit("Give image files to tag (or --metadata).")
-        signature, tags, vectors = FLAGS.signature, None, None
-        if FLAGS.tags:
-            from sdl_keras.embeddings import load_tag_vectors
-
-            if not FLAGS.tag_vectors:
-                raise SystemExit("--tags needs --tag_vectors, the word-vector file to look them up in.")
-            wanted = [t.strip() for t in FLAGS.tags.split(",") if t.strip()]
-            tags, vectors = load_tag_vectors(FLAGS.tag_vectors, wanted)
-            signature = "score_tags"
-        failed = 0
-        for batch in _batches(paths, FLAGS.batch_size):
-            images = []
-            for path in batch:
-                with open(path, "rb") as f:
-                    images.append(f.read())
-            try:
-                results = tag_images(client, FLAGS.model, images, signature, version, tags, vectors, FLAGS.top_k or None)
-            except ServingClientError as error:
-                print(f"{', '.join(batch)}: {error}", file=sys.stderr)
-                failed += len(batch)
-                continue
-            names = [os.path.basename(p) for p in batch]
-            if FLAGS.format == "jsonl":
-                for path, result in zip(batch, results):
-                    print(json.dumps({"image": path, **result}))
-            else:
-                print(format_table(names, results))
-        return 1 if failed else 0
-    except ServingClientError as error:
-        print(error, file=sys.stderr)
-        return 1
-    finally:
-        client.close()
+FLAGS = flags.FLAGS
 
 
 def define_flags():
-    from absl import flags
-
     flags.DEFINE_string("server", "127.0.0.1:8500", "The gRPC endpoint HOST:PORT.")
     flags.DEFINE_string("rest", None, "Use the REST API at HOST:PORT (TF Serving's 8501) instead of gRPC.")
     flags.DEFINE_string("model", None, "The served model's name.", required=True)
@@ -276,8 +34,48 @@ def define_flags():
     flags.DEFINE_bool("metadata", False, "Print the model's status and signatures instead of tagging.")
 
 
-if __name__ == "__main__":
-    from absl import app
+def main(argv):
+    from sdl_keras.serving.clients import ServingClientError, connect, format_table, tag_image_files
 
-    define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    paths, version = argv[1:], FLAGS.version or None
+    client = connect(FLAGS.server, FLAGS.rest, FLAGS.timeout)
+    try:
+        if FLAGS.metadata:
+            print(json.dumps({"status": client.status(FLAGS.model, version),
+                              "signatures": client.signatures(FLAGS.model, version)}, indent=1))
+            return 0
+        if not paths:
+            raise app.UsageError("Give image files to tag (or --metadata).")
+        signature, tags, vectors = FLAGS.signature, None, None
+        if FLAGS.tags:
+            from sdl_keras.embeddings import load_tag_vectors
+
+            if not FLAGS.tag_vectors:
+                raise app.UsageError("--tags needs --tag_vectors, the word-vector file to look them up in.")
+            tags, vectors = load_tag_vectors(FLAGS.tag_vectors, [t.strip() for t in FLAGS.tags.split(",") if t.strip()])
+            signature = "score_tags"
+        failed = 0
+        for batch, results, error in tag_image_files(client, FLAGS.model, paths, FLAGS.batch_size, signature, version,
+                                                     tags, vectors, FLAGS.top_k or None):
+            if error is not None:
+                print(f"{', '.join(batch)}: {error}", file=sys.stderr)
+                failed += len(batch)
+            elif FLAGS.format == "jsonl":
+                for path, result in zip(batch, results):
+                    print(json.dumps({"image": path, **result}))
+            else:
+                print(format_table([os.path.basename(p) for p in batch], results))
+        return 1 if failed else 0
+    except ServingClientError as error:
+        print(error, file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+def run():
+    cli.run(main, define_flags)
+
+
+if __name__ == "__main__":
+    run()

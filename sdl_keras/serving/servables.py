@@ -13,8 +13,8 @@ import threading
 import grpc
 import tensorflow as tf
 
-from sdl_keras.export import WARMUP_FILE, list_versions, read_saved_model
-from sdl_keras.serving.decoding import check_image, error_text, find_undecodable
+from sdl_keras.saved_model import WARMUP_FILE, list_versions, read_saved_model
+from pipelines.decode import check_image, error_text, find_undecodable
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from pipelines.demo import DemoConfig, make_demo_dataset
-from sdl_keras import ablations
+from pipelines.readers.demo import DemoConfig, make_demo_dataset
+from sdl_keras import experiments as ablations
 from tests import testing
 
 CONFIGS = os.path.join(testing.REPO_ROOT, "configs")
@@ -19,9 +19,10 @@ def test_every_ablation_flagfile_is_a_valid_training_config():
     switches = {}
     for path in files:
         config = ablations.config_from_flagfiles([os.path.join(CONFIGS, "demo.flags"), path])
-        assert config.backbone == "small_cnn"  # from the base flagfile
-        switches[ablations.ablation_name(path)] = (config.num_rows, config.aggregation, config.diversity_weight,
-                                                   config.reg_weight)
+        assert config.model.backbone == "small_cnn"  # from the base flagfile
+        flat = config.flat()
+        switches[ablations.ablation_name(path)] = tuple(
+            flat[key] for key in ("num_rows", "aggregation", "diversity_weight", "reg_weight"))
         assert ablations.ablation_description(path)
     assert switches == {
         "fast0tag": (1, "max", False, None),
@@ -37,7 +38,7 @@ def test_overrides_win_and_missing_flagfiles_are_named(tmp_path):
     config = ablations.config_from_flagfiles(
         [os.path.join(CONFIGS, "demo.flags"), os.path.join(CONFIGS, "ablation_sdw.flags")], ["--num_rows=3"]
     )
-    assert config.num_rows == 3 and config.diversity_weight
+    assert config.model.num_rows == 3 and config.loss.diversity_weight
     with pytest.raises(FileNotFoundError, match="nothing.flags"):
         ablations.config_from_flagfiles([str(tmp_path / "nothing.flags")])
     with pytest.raises(FileNotFoundError, match="No ablation flagfile matches"):

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from pipelines.demo import DemoConfig, make_demo_dataset
+from pipelines.readers.demo import DemoConfig, make_demo_dataset
 from tests import testing
 
 
@@ -21,8 +21,7 @@ def test_compare_writes_a_table_row_pair_per_method(tmp_path):
         f"--unseen_tags={files['unseen_tags.txt']}", "--image_size=32", "--batch_size=16", "--epochs=1",
         "--steps_per_epoch=1", "--jit_compile=false",
     ]
-    env = dict(os.environ, PYTHONPATH=testing.REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=testing.REPO_ROOT, timeout=600)
+    result = subprocess.run(command, env=testing.python_env(), capture_output=True, text=True, cwd=testing.REPO_ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(out, "comparison.json")) as f:
         figures = json.load(f)
@@ -38,7 +37,7 @@ def test_compare_writes_a_table_row_pair_per_method(tmp_path):
         run_files = set(os.listdir(os.path.join(out, method)))
         assert {"model.keras", "config.json", "vocabulary.npz", "results.json"} <= run_files
     with open(os.path.join(out, "conse", "config.json")) as f:
-        assert json.load(f)["num_rows"] == 1
+        assert json.load(f)["model"]["num_rows"] == 1
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from sdl_keras import tag
+from sdl_keras import saved_model as export, tagging as tag
 from tests import testing
-from tests.sdl_keras.serving import tiny_export as tiny
+from tests.sdl_keras.saved_model import tiny_export as tiny
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_cli_tags_the_real_photos_writes_csv_and_annotates(base_path, photos, ba
         [sys.executable, "-m", "sdl_keras.tag", f"--flagfile={testing.REPO_ROOT}/configs/tag.flags",
          f"--model={base_path}", f"--output={out}", f"--annotate={figures}", "--batch_size=4",
          os.path.dirname(photos[0]), os.path.dirname(bad_images[0])],
-        capture_output=True, text=True, env=tiny.python_env(), timeout=300,
+        capture_output=True, text=True, env=testing.python_env(), timeout=300,
     )
     assert ran.returncode == 1, ran.stderr[-3000:]  # two images failed, and the exit code says so
     assert "8/8 images, 2 failed" in ran.stderr and "Tagged 6 of 8 images" in ran.stderr
@@ -97,14 +97,14 @@ def test_jsonl_records(tagger, photos, tmp_path):
 
 
 def test_model_folder_resolves_to_its_newest_version(base_path, tmp_path):
-    assert tag.resolve_version_dir(str(base_path)) == str(base_path / "1")
-    assert tag.resolve_version_dir(str(base_path / "1")) == str(base_path / "1")
+    assert export.resolve_version_dir(str(base_path)) == str(base_path / "1")
+    assert export.resolve_version_dir(str(base_path / "1")) == str(base_path / "1")
     shutil.copytree(base_path / "1", tmp_path / "m" / "7")
     (tmp_path / "m" / "12").mkdir()  # a version folder still being written: no saved_model.pb
-    assert tag.resolve_version_dir(str(tmp_path / "m")) == str(tmp_path / "m" / "7")
+    assert export.resolve_version_dir(str(tmp_path / "m")) == str(tmp_path / "m" / "7")
     with pytest.raises(FileNotFoundError, match="neither a SavedModel nor a folder of version folders"):
-        tag.resolve_version_dir(str(tmp_path))
-    assert tf.saved_model.contains_saved_model(tag.resolve_version_dir(str(base_path)))
+        export.resolve_version_dir(str(tmp_path))
+    assert tf.saved_model.contains_saved_model(export.resolve_version_dir(str(base_path)))
 
 
 def test_find_images(tmp_path):

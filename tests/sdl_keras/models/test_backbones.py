@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from keras.src.utils import file_utils
 
+from sdl_keras.layers import CaffePreprocessing
 from sdl_keras.models import backbones, build_sdl_model
 from tests import testing
 
@@ -64,7 +65,7 @@ def test_saved_model_backbone(tmp_path):
 def test_caffe_preprocessing_matches_keras_applications():
     images = uint8_images(8)
     expected = keras.applications.resnet50.preprocess_input(images.copy())
-    layer = backbones.CaffePreprocessing()
+    layer = CaffePreprocessing()
     np.testing.assert_allclose(layer(images), expected, atol=1e-4)
     np.testing.assert_allclose(layer(images.astype("uint8")), expected, atol=1e-4)
     testing.check_config_round_trip(layer)

@@ -15,13 +15,13 @@ import pytest
 import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sdl_keras import export
-from sdl_keras.serving import client as serving_client
+from sdl_keras import saved_model as export
+from sdl_keras.serving import clients as serving_client
 from sdl_keras.serving.load import run_load, start_server_process
 from sdl_keras.serving.servables import Limits
-from sdl_keras.serving.server import ModelServer
+from sdl_keras.serving.model_server import ModelServer
 from tests import testing
-from tests.sdl_keras.serving import tiny_export as tiny
+from tests.sdl_keras.saved_model import tiny_export as tiny
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +165,8 @@ def test_limits(base_path, photos):
     limits = Limits(max_request_bytes=len(photo) * 3, max_image_bytes=len(photo) - 1, max_image_side=100, max_batch_size=2)
     with ModelServer(str(base_path), port=0, limits=limits) as strict:
         client = serving_client.GrpcClient(f"127.0.0.1:{strict.grpc_port}")
-        small, _ = tiny.encoded_image("PNG", size=(40, 30))
-        big_side, _ = tiny.encoded_image("PNG", size=(101, 20))
+        small, _ = testing.encoded_image("PNG", size=(40, 30))
+        big_side, _ = testing.encoded_image("PNG", size=(101, 20))
         for images, code, message in [
             ([photo], "INVALID_ARGUMENT", rf"images\[0\] has {len(photo)} bytes, over the limit of {len(photo) - 1}"),
             ([small, big_side], "INVALID_ARGUMENT", r"images\[1\] is a 101x20 PNG image, over the limit of 100 pixels a side"),
@@ -205,7 +205,7 @@ def test_new_versions_load_without_a_restart(base_path, tmp_path, photos):
 def _client_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "sdl_keras.serving.client", *args],
-        capture_output=True, text=True, env=tiny.python_env(), timeout=300,
+        capture_output=True, text=True, env=testing.python_env(), timeout=300,
     )
 
 

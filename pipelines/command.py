@@ -1,0 +1,62 @@
+"""What every command line of the project shares (pipelines' and sdl_keras' alike): the
+entry point that turns bad input into one clear line instead of a traceback.
+
+Command modules define their flags in `define_flags()`, called by `run()`, so importing
+several command modules in one process defines nothing twice.
+"""
+
+import logging
+import os
+import sys
+
+from absl import app
+
+# Errors that mean bad input (a missing file, an unknown tag, a bad value): the message is
+# what the user needs, the traceback is not. SDL_KERAS_TRACEBACK=1 shows it anyway.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+
+
+def setup_logging():
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def no_arguments(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+
+
+def error_message(error):
+    """The user-facing text of a USER_ERRORS exception (a KeyError's own message, unquoted)."""
+    return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+
+
+def program_name(main):
+    """How a command is named in its messages: its module ("sdl_keras.search"), whether it
+    runs as `python -m` or as a console script."""
+    module = main.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec else os.path.basename(sys.argv[0])
+    return module.removesuffix(".__main__")
+
+
+def run(main, define_flags):
+    """The entry point of a command (`python -m` and console scripts alike): the caller's
+    working directory under `bazel run`, flags, then `main(argv)`, whose return value is
+    the exit status; bad input ends with its message and exit status 1."""
+    # `bazel run` starts binaries in their runfiles; relative paths mean the caller's folder.
+    if os.environ.get("BUILD_WORKING_DIRECTORY"):
+        os.chdir(os.environ["BUILD_WORKING_DIRECTORY"])
+    define_flags()
+
+    def guarded(argv):
+        setup_logging()
+        try:
+            return main(argv)
+        except USER_ERRORS as error:
+            if os.environ.get("SDL_KERAS_TRACEBACK"):
+                raise
+            print(f"{program_name(main)}: error: {error_message(error)}", file=sys.stderr)
+            return 1
+
+    app.run(lambda argv: sys.exit(guarded(argv) or 0))

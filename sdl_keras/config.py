@@ -1,0 +1,260 @@
+"""The typed configuration of a run: what `sdl_keras.train` trains and what every command
+that reads the run (evaluate, export, tag, search, calibrate) reads back from its
+config.json. Plain dataclasses: no Keras, no TensorFlow.
+
+A `TrainConfig` is nested by concern (data, model, loss, optimizer, runtime,
+evaluation); each field carries its command-line help beside it. Field names are
+unique across the sections, so the command line stays flat (`--num_rows`, `--augment`,
+`--output_dir`, ...): `TrainConfig.from_flat`, `flat` and `replace` translate.
+"""
+
+import dataclasses
+import json
+import typing
+from typing import Optional
+
+# Names other modules register implementations under (sdl_keras.methods,
+# sdl_keras.training.distribute); kept here so a config validates without importing them.
+METHODS = ("sdl", "fast0tag", "l2", "conse", "semantic_softmax")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+XLA_MODES = ("auto", "jit", "auto_clustering", "off")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+CROPS = ("none", "center")
+AGGREGATIONS = ("max", "l2")
+NORMALIZATIONS = ("official", "paper")
+VERBOSITY = ("auto", "0", "1", "2")
+
+
+def _field(default, help, choices=None):
+    """A config field with its command-line help (and allowed values) beside it."""
+    factory = {"default_factory": lambda: default} if isinstance(default, (list, dict)) else {"default": default}
+    return dataclasses.field(metadata={"help": help, "choices": choices}, **factory)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the images and labels come from, and how images are decoded."""
+
+    dataset: str = _field(
+        "manifest",
+        "Reader from pipelines.readers: manifest, nus_wide, coco, open_images; or tfrecord: shards written by "
+        "pipelines.to_tfrecord, streamed (no label matrix in memory; what Open Images needs).",
+    )
+    train_source: str = _field(
+        "", "Training data: a manifest file or a dataset root folder; for tfrecord, the records folder "
+        "(its train-*.tfrecord shards) or a glob of shards.")
+    test_source: str = _field(
+        "", "Test data (used by sdl_keras.evaluate): a manifest file or a dataset root folder; for tfrecord, "
+        "the records folder (its test-*.tfrecord shards) or a glob of shards.")
+    strict: bool = _field(
+        False, "Stop with an error naming the first unreadable training image, instead of skipping and counting "
+        "unreadable images (the count is logged each epoch).")
+    tags: str = _field("", "Tag list file, one tag per line (seen and unseen).")
+    word_vectors: str = _field("", "Vectors: .vec/.txt/.bin word vectors, .npy/.npz, or official pickles.")
+    unseen_tags: str = _field("", "File listing the unseen (zero-shot) tags, one per line.")
+    allow_pickle: bool = _field(False, "Allow reading pickled vector files (unpickling runs code: trusted files only).")
+    image_size: int = _field(224, "Images are decoded and resized to this square size (the model's input).")
+    crop: str = _field(
+        "none", "How images are fitted to the square: none (resize the whole image, as the official code) or "
+        "center (the central square). Training, evaluation, export and serving all decode this way.", CROPS)
+    batch_size: int = _field(192, "Global batch size (split over the replicas of a strategy).")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network: method, backbone, head and the augmentation layers in front of it."""
+
+    method: str = _field(
+        "sdl", "sdl, or a baseline: fast0tag, l2, conse, semantic_softmax (docs/baselines.md).", METHODS)
+    backbone: str = _field("tresnet_m", "Backbone name (sdl_keras.models.backbones) or savedmodel:<dir>.")
+    backbone_weights: Optional[str] = _field(None, "Backbone weights: a file, 'imagenet', or none.")
+    num_rows: int = _field(7, "M, principal directions per image (1 = Fast0Tag).")
+    dropout: float = _field(0.0, "Dropout rate on the pooled features.")
+    augment: bool = _field(False, "Training augmentation in the model: random resized crop, flip, Cutout.")
+    cutout_rate: float = _field(0.5, "Probability of Cutout per image (0.5 in the paper).")
+    conse_top_t: int = _field(10, "CONSE: T, the top seen tags whose vectors embed an image (10 in the paper).")
+    semantic_softmax_l2: float = _field(
+        0.1, "Semantic Softmax: weight of the L2 constraint between features and prototypes.")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """SDLLoss (sdl_keras.losses): equations 2-5 of the paper."""
+
+    reg_weight: Optional[float] = _field(0.3, "Regularization weight lambda (0.3 in the paper), or none.")
+    diversity_weight: bool = _field(True, "Apply the semantic diversity weight (equation 3).")
+    normalization: str = _field(
+        "official", "Loss normalization: official (released code) or paper (equation 5).", NORMALIZATIONS)
+    aggregation: str = _field("max", "Score aggregation over rows: max (SDL) or l2 (baseline).", AGGREGATIONS)
+    unknown_as_negative: bool = _field(
+        True, "Count unannotated (-1) labels as negatives, as the official code does; else ignore them.")
+    max_positives: Optional[int] = _field(
+        None, "Static bound on positives per image in the loss; none = from the data (tfrecord: from the "
+        "statistics recorded at conversion).")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with a one-cycle cosine schedule (paper, Sec. 4.1)."""
+
+    epochs: int = _field(7, "Training epochs.")
+    steps_per_epoch: Optional[int] = _field(
+        None, "Steps per epoch; none = the training images / batch_size (tfrecord: the records counted at "
+        "conversion).")
+    learning_rate: float = _field(1e-4, "Maximum learning rate of the one-cycle cosine schedule.")
+    weight_decay: float = _field(3e-4, "AdamW's decoupled weight decay (not on biases and BatchNorm).")
+    warmup_fraction: float = _field(0.2, "Fraction of the steps warming the learning rate up to its maximum.")
+    ema_momentum: Optional[float] = _field(
+        None, "Keep an EMA of the weights with this momentum (e.g. 0.9997); evaluated and saved.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how the run executes, and where it writes."""
+
+    strategy: str = _field(
+        "default", "Distribution: default (one device), mirrored (local GPUs), multi_worker (TF_CONFIG).",
+        STRATEGIES)
+    jit_compile: bool = _field(True, "Use XLA (how: --xla_mode); false = no XLA.")
+    xla_mode: str = _field(
+        "auto", "auto (jit on one replica, auto_clustering on several), jit, auto_clustering, off.", XLA_MODES)
+    precision: str = _field("float32", "float32, mixed_float16 (with loss scaling) or mixed_bfloat16.", PRECISIONS)
+    sync_batch_norm: bool = _field(True, "Under a strategy, BatchNorm statistics over the global batch.")
+    backup_steps: Optional[int] = _field(
+        None, "Back up the training state every N steps; none = at each epoch's end.")
+    seed: int = _field(0, "Random seed of shuffling, augmentation and initialization.")
+    output_dir: str = _field(
+        "runs/sdl", "Run directory (--run_dir is the same flag): model.keras, best.keras, vocabulary.npz, "
+        "config.json, metrics.json, logs/.")
+    verbose: str = _field(
+        "auto", "Keras' fit verbosity: 0, 1 (a progress bar), 2 (one line per epoch); auto = 1 on a terminal, "
+        "else 2.", VERBOSITY)
+
+    def __post_init__(self):
+        if isinstance(self.verbose, int):  # verbose=0 from Python, as Keras takes it
+            object.__setattr__(self, "verbose", str(self.verbose))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """The zero-shot evaluation during training."""
+
+    validation_source: str = _field("", "Zero-shot evaluation data during training; empty = test_source.")
+    eval_every: int = _field(1, "Run the zero-shot evaluation every N epochs (0 = never).")
+    dashboard_images: int = _field(8, "Validation images shown with their top tags in TensorBoard.")
+    ks: tuple = _field((3, 5), "K values of P/R/F1@K.")
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "optimizer": OptimizerConfig,
+    "runtime": RuntimeConfig,
+    "evaluation": EvaluationConfig,
+}
+
+
+def leaf_type(field):
+    """(base type, optional) of a config field: Optional[int] -> (int, True)."""
+    annotation = field.type
+    if typing.get_origin(annotation) is typing.Union:
+        return next(a for a in typing.get_args(annotation) if a is not type(None)), True
+    return annotation, False
+
+
+def _check(name, section):
+    for field in dataclasses.fields(section):
+        value = getattr(section, field.name)
+        choices = field.metadata.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"--{field.name}={value!r} (TrainConfig.{name}.{field.name}): choose one of {choices}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; saved as config.json in the run directory."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+
+    def __post_init__(self):
+        for name in SECTIONS:
+            _check(name, getattr(self, name))
+        if self.optimizer.ema_momentum is not None and not 0.0 < self.optimizer.ema_momentum < 1.0:
+            raise ValueError(f"ema_momentum must be in (0, 1) or None, got {self.optimizer.ema_momentum}.")
+        if self.runtime.backup_steps is not None and self.runtime.backup_steps < 1:
+            raise ValueError(f"backup_steps must be >= 1 or None, got {self.runtime.backup_steps}.")
+        if self.data.image_size < 1 or self.data.batch_size < 1:
+            raise ValueError(f"image_size and batch_size must be >= 1, got {self.data.image_size}, "
+                             f"{self.data.batch_size}.")
+
+    # -- flat names (the command line's) ----------------------------------------------------
+    @staticmethod
+    def field_sections():
+        """{field name: section name} over every section."""
+        return {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_flat(cls, **values):
+        """A config from flat field names (`num_rows=3, output_dir=...`); unknown names are an error."""
+        return cls().replace(**values)
+
+    def flat(self):
+        """{field name: value} over every section."""
+        return {name: getattr(getattr(self, section), name) for name, section in self.field_sections().items()}
+
+    def replace(self, **values):
+        """A copy with fields changed by their flat names."""
+        sections = self.field_sections()
+        unknown = sorted(set(values) - set(sections))
+        if unknown:
+            raise KeyError(f"Unknown TrainConfig field(s) {unknown}.")
+        changed = {}
+        for name, value in values.items():
+            changed.setdefault(sections[name], {})[name] = tuple(value) if name == "ks" else value
+        return dataclasses.replace(
+            self, **{section: dataclasses.replace(getattr(self, section), **fields)
+                     for section, fields in changed.items()}
+        )
+
+    # -- config.json -------------------------------------------------------------------------
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def save(self, path):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+    @classmethod
+    def from_dict(cls, values, source="config"):
+        """From `to_dict`'s nested form (or the flat form of runs written before the nesting)."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(values).__name__}.")
+        if set(values) <= set(SECTIONS) and all(isinstance(v, dict) for v in values.values()):
+            flat = {}
+            for section, fields in values.items():
+                names = {f.name for f in dataclasses.fields(SECTIONS[section])}
+                unknown = sorted(set(fields) - names)
+                if unknown:
+                    raise KeyError(f"{source}: unknown key(s) {unknown} in section {section!r}.")
+                flat.update(fields)
+        else:
+            flat = dict(values)
+        try:
+            return cls.from_flat(**flat)
+        except KeyError as error:
+            raise KeyError(f"{source}: {error.args[0]}") from None
+
+    @classmethod
+    def load(cls, path):
+        with open(path, encoding="utf-8") as f:
+            try:
+                values = json.load(f)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is not valid JSON: {error}") from None
+        return cls.from_dict(values, source=str(path))

@@ -1,0 +1,229 @@
+"""Encoding images into a retrieval index: images (files, a manifest, TFRecords) -> the
+matrices A of an exported SavedModel's `matrix` signature or a run's Keras model ->
+`RetrievalIndex` shards. The library side of `python -m sdl_keras.search build|add`.
+"""
+
+import glob
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+
+class SavedModelEncoder:
+    """The `matrix` signature of an export: encoded images -> (B, M, d) float32."""
+
+    def __init__(self, model_path):
+        import tensorflow as tf
+
+        from sdl_keras.saved_model import resolve_version_dir
+
+        self.path = os.path.abspath(resolve_version_dir(model_path))
+        self._tf = tf
+        signatures = tf.saved_model.load(self.path).signatures
+        if "matrix" not in signatures:
+            raise ValueError(
+                f"{self.path} has no 'matrix' signature (it has {sorted(signatures)}); export it with sdl_keras.export."
+            )
+        self._signature = signatures["matrix"]
+        self.source = {"saved_model": os.path.abspath(model_path)}
+        self.aggregation = None  # not recorded in an export: --aggregation, else max
+
+    def __call__(self, images):
+        return self._signature(images=self._tf.constant(images, dtype=self._tf.string))["matrix"].numpy()
+
+
+class KerasEncoder:
+    """A run directory's model.keras: encoded images -> (B, M, d), decoded as the run decodes them."""
+
+    def __init__(self, run_dir):
+        import tensorflow as tf
+
+        from pipelines.decode import decode_images
+        from sdl_keras.run_dir import RunDirectory
+
+        self.model, _, config = RunDirectory(run_dir).load()
+        image_size, crop = config.data.image_size, config.data.crop
+        self._decode = tf.function(lambda images: decode_images(images, image_size, crop))
+        self._tf = tf
+        self.source = {"run_dir": os.path.abspath(run_dir)}
+        self.aggregation = config.loss.aggregation
+
+    def __call__(self, images):
+        decoded = self._decode(self._tf.constant(images, dtype=self._tf.string))
+        return self.model.predict_on_batch(decoded)
+
+
+def make_encoder(model=None, run_dir=None):
+    if bool(model) == bool(run_dir):
+        raise ValueError("Pass exactly one of --model (an exported SavedModel) and --run_dir (a training run).")
+    return SavedModelEncoder(model) if model else KerasEncoder(run_dir)
+
+
+def encoder_from_source(source):
+    """The encoder an index records it was built with."""
+    if not source:
+        raise ValueError("The index does not record its model: pass --model or --run_dir.")
+    return make_encoder(source.get("saved_model"), source.get("run_dir"))
+
+
+# -- image sources: (id, path or bytes) pairs -----------------------------------------------------
+def file_items(paths):
+    from sdl_keras.tagging import find_images
+
+    return [(path, path) for path in find_images(paths)]
+
+
+def manifest_items(path):
+    from pipelines.readers.manifest import read_manifest
+
+    # Only ids and paths are needed: the tags are read against no vocabulary, without the
+    # warning that would list every one of them as unknown.
+    manifest_logger = logging.getLogger("pipelines.readers.manifest")
+    level = manifest_logger.level
+    manifest_logger.setLevel(logging.ERROR)
+    try:
+        images = read_manifest(path, [], on_unknown="skip")
+    finally:
+        manifest_logger.setLevel(level)
+    return list(zip(images.ids, images.paths))
+
+
+def tfrecord_items(pattern):
+    """(id, encoded bytes) of every record in the TFRecord files matching `pattern`."""
+    import tensorflow as tf
+
+    from pipelines.tfrecord.format import FEATURES
+
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"No TFRecord files match {pattern!r}.")
+    wanted = {k: FEATURES[k] for k in ("image/encoded", "image/id")}
+    for record in tf.data.TFRecordDataset(files):
+        features = tf.io.parse_single_example(record, wanted)
+        yield features["image/id"].numpy().decode("utf-8"), features["image/encoded"].numpy()
+
+
+def _read(item):
+    """(id, bytes, None) for a readable image, (id, None, reason) otherwise; files are read
+    here, records carry their bytes."""
+    from pipelines.decode import image_header
+
+    image_id, data = item
+    try:
+        if isinstance(data, str):
+            with open(data, "rb") as f:
+                data = f.read()
+        image_header(data)
+        return image_id, data, None
+    except (OSError, ValueError) as error:
+        return image_id, None, str(error)
+
+
+def encode_batches(encoder, items, batch_size=32, total=None, skipped=None):
+    """Yields (ids, matrices) for the readable images among `items`, batch by batch.
+
+    An unreadable image is left out and its (id, reason) appended to `skipped`; a batch
+    the graph fails to decode is retried image by image, so only the bad image is lost.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from pipelines.decode import error_text
+    from pipelines.progress import Progress
+
+    skipped = [] if skipped is None else skipped
+    bar = Progress(total, "image")
+
+    def readable_batches():
+        batch, done = [], 0
+        for done, item in enumerate(items, start=1):
+            image_id, data, reason = _read(item)
+            if reason:
+                skipped.append((image_id, reason))
+            else:
+                batch.append((image_id, data))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+            bar.update(done, skipped=len(skipped))
+        bar.close(done, skipped=len(skipped))
+        if batch:
+            yield batch
+
+    def encode(batch):
+        try:
+            return [image_id for image_id, _ in batch], encoder([data for _, data in batch])
+        except tf.errors.InvalidArgumentError:
+            pass
+        ids, matrices = [], []
+        for image_id, data in batch:
+            try:
+                matrices.append(encoder([data]))
+                ids.append(image_id)
+            except tf.errors.InvalidArgumentError as error:
+                skipped.append((image_id, f"cannot be decoded: {error_text(error)}"))
+        return ids, np.concatenate(matrices) if ids else None
+
+    for batch in readable_batches():
+        ids, matrices = encode(batch)
+        if ids:
+            yield ids, matrices
+
+
+def index_images(index_dir, encoder, items, *, create=False, total=None, vocabulary=None, dtype="float32",
+                 aggregation=None, scann=None, shard_size=100_000, batch_size=32, overwrite=False):
+    """Builds (create=True) or grows an index from image items; returns (index, added, skipped)."""
+    from sdl_keras.retrieval.index import RetrievalIndex, build_index
+
+    skipped = []
+    batches = encode_batches(encoder, items, batch_size, total, skipped)
+    if create:
+        aggregation = aggregation or encoder.aggregation or "max"
+        index = build_index(
+            index_dir, batches, dtype, aggregation, vocabulary, scann, encoder.source, shard_size, overwrite
+        )
+        added = len(index)
+    else:
+        index = RetrievalIndex.load(index_dir)
+        added = index.add(batches, shard_size)
+    for image_id, reason in skipped:
+        logger.warning("Skipped %s: %s", image_id, reason)
+    return index, added, skipped
+
+
+def image_items(paths=(), manifest=None, tfrecords=None):
+    """(items, total) of the images to index, given exactly one way: files and folders
+    (`paths`), a manifest, or a glob of TFRecord files (whose total is not known ahead)."""
+    if sum([bool(paths), bool(manifest), bool(tfrecords)]) != 1:
+        raise ValueError("Give the images one way: --images (or paths after the command), --manifest or --tfrecords.")
+    if tfrecords:
+        return tfrecord_items(tfrecords), None
+    items = manifest_items(manifest) if manifest else file_items(list(paths))
+    if not items:
+        raise FileNotFoundError("No images found to index.")
+    return items, len(items)
+
+
+def build(index_dir, items, total=None, model=None, run_dir=None, vocabulary=None, **options):
+    """Creates an index from image items with an export (`model`) or a run's Keras model;
+    the vocabulary (an .npz path) defaults to the run's. `options` as `index_images`.
+    Returns (index, added, skipped)."""
+    from sdl_keras.embeddings import TagVocabulary
+    from sdl_keras.run_dir import RunDirectory
+
+    vocabulary_path = vocabulary or (run_dir and RunDirectory(run_dir).vocabulary_path)
+    return index_images(index_dir, make_encoder(model, run_dir), items, create=True, total=total,
+                        vocabulary=TagVocabulary.load(vocabulary_path) if vocabulary_path else None, **options)
+
+
+def add(index_dir, items, total=None, model=None, run_dir=None, **options):
+    """Adds image items to an index, encoded by the model given or else the one the index
+    records. Returns (index, added, skipped)."""
+    from sdl_keras.retrieval.index import RetrievalIndex
+
+    if model or run_dir:
+        encoder = make_encoder(model, run_dir)
+    else:
+        encoder = encoder_from_source(RetrievalIndex.load(index_dir).meta.get("source"))
+    return index_images(index_dir, encoder, items, total=total, **options)

@@ -1,0 +1,649 @@
+"""Tag-based image retrieval over stored principal-direction matrices.
+
+An index directory holds every image's matrix A (M x d) and id, so any tag with a word
+vector (seen in training or not) can be scored against every image later, exactly as
+the evaluation scores it: score(image, t) = max_m (A t)_m (paper, equation 1).
+
+Layout (an index is a list of immutable shards, written once, never appended to):
+
+    INDEX/index.json                    num_rows, dim, dtype, aggregation, shard list, ScaNN options
+    INDEX/vocabulary.npz                the model's TagVocabulary, for queries by tag name (optional)
+    INDEX/shard-00000/matrices.f32      raw little-endian (n, M, d) array (.f16 with float16 storage)
+    INDEX/shard-00000/ids.jsonl         n image ids, one JSON string a line
+    INDEX/shard-00000/scann/            the shard's ScaNN searcher (when approximate search is on)
+
+Adding images writes new shards and then replaces index.json atomically, so a reader
+never sees a half-written shard and a failed add leaves the index as it was. One writer
+at a time.
+
+Queries: one or more tag vectors. Several tags combine by summing their scores,
+    score(image) = sum_j max_m (A t_j)_m,
+so each tag is matched by whichever principal direction suits it best (different rows
+for different tags), rather than one direction having to match their average. Each hit
+reports its score and, per query tag, its dominant row argmax_m (A t_j)_m.
+
+Search:
+- exact: every image, in chunks of `chunk_images` (memory stays bounded: shards are
+  memory-mapped). Ties rank the lower image index first, a stable descending sort of
+  the scores, the ranking `evaluation.average_precisions` measures.
+- scann: ScaNN (tree partitioning + anisotropic hashing) over all rows of all images,
+  per shard. Each tag retrieves its `num_candidates` best rows; their exact products
+  with the tag, maxed per image, bound each image's score from below; the images with
+  the best bounds are re-scored exactly over all their rows (scores and dominant rows
+  are exact; which images are found is approximate: an image is missed when none of
+  its good rows is among a tag's candidates).
+
+This module is NumPy only (no TensorFlow): an index is queried without loading a model.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+
+import numpy as np
+
+from sdl_keras.embeddings import TagVocabulary, l2_normalize, load_tag_vectors
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "index.json"
+VOCABULARY_FILE = "vocabulary.npz"
+IDS_FILE = "ids.jsonl"
+SCANN_DIR = "scann"
+FORMAT = "sdl_keras.retrieval/1"
+DTYPES = {"float32": ".f32", "float16": ".f16"}
+AGGREGATIONS = ("max", "l2")
+METHODS = ("exact", "scann")
+# Exact search reads this many bytes of matrices per step (as float32).
+CHUNK_BYTES = 32 * 2**20
+# Products with fewer (rows x vectors) than this skip multi-threaded BLAS (`_dot`).
+SMALL_PRODUCT = 1 << 18
+SCANN_NEEDS_MAX = "Approximate (ScaNN) search needs max aggregation: an l2 score sums every row."
+
+
+@dataclasses.dataclass(frozen=True)
+class ScannOptions:
+    """How each shard's ScaNN searcher is built and searched.
+
+    num_leaves: tree partitions; None = sqrt(rows of the shard). A shard with fewer
+        than `min_leaves` partitions is searched by ScaNN's brute force instead.
+    leaves_to_search: partitions a query visits; None = `leaves_fraction` of them.
+    dims_per_block, anisotropic_threshold: the anisotropic hashing (score_ah) settings.
+    training_sample_size: rows the partitioner and the hashing are trained on.
+    num_candidates: rows each query tag retrieves per shard; None = max(`candidates_per_hit` x k, 1000).
+    rescore_per_hit: per shard, the `rescore_per_hit` x k images with the best exact scores
+        of their retrieved rows are re-scored exactly over all their rows.
+    """
+
+    num_leaves: int = None
+    leaves_to_search: int = None
+    leaves_fraction: float = 0.05
+    min_leaves: int = 16
+    dims_per_block: int = 2
+    anisotropic_threshold: float = 0.2
+    training_sample_size: int = 100_000
+    num_candidates: int = None
+    candidates_per_hit: int = 20
+    rescore_per_hit: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """One query: (T, d) tag vectors, l2-normalized, whose scores are summed; `names` label them."""
+
+    vectors: np.ndarray
+    names: tuple = ()
+
+    def __post_init__(self):
+        vectors = np.asarray(self.vectors, dtype=np.float32)
+        if vectors.ndim == 1:
+            vectors = vectors[None]
+        if vectors.ndim != 2 or not vectors.shape[0]:
+            raise ValueError(f"A query needs a (T, d) array of tag vectors, got shape {vectors.shape}.")
+        if not np.isfinite(vectors).all() or not np.linalg.norm(vectors, axis=1).all():
+            raise ValueError("Query vectors must be finite and non-zero.")
+        object.__setattr__(self, "vectors", l2_normalize(vectors))
+        names = tuple(str(n) for n in self.names) or tuple(f"vector {i}" for i in range(len(vectors)))
+        if len(names) != len(vectors):
+            raise ValueError(f"{len(names)} names for {len(vectors)} query vectors.")
+        object.__setattr__(self, "names", names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    """One retrieved image: its id, score, and the dominant row of each query tag."""
+
+    id: str
+    score: float
+    rows: tuple
+
+    def to_dict(self):
+        return {"id": self.id, "score": self.score, "rows": list(self.rows)}
+
+
+def tag_query(names, vocabulary=None, word_vectors=None, allow_pickle=False):
+    """A Query for tag names: each is looked up in the vocabulary, else in a word-vector file
+    (any `load_tag_vectors` format; multi-word names average their words), so any word
+    with a vector is a query, seen in training or not.
+
+    Raises KeyError naming every tag found in neither.
+    """
+    names = [str(n) for n in ([names] if isinstance(names, str) else names)]
+    if not names:
+        raise ValueError("A query needs at least one tag.")
+    found = {}
+    if vocabulary is not None:
+        found.update({n: vocabulary.vectors[vocabulary.tags.index(n)] for n in names if n in vocabulary.tags})
+    missing = [n for n in names if n not in found]
+    if missing and word_vectors:
+        tags, vectors = load_tag_vectors(word_vectors, missing, on_missing="skip", allow_pickle=allow_pickle)
+        found.update(zip(tags, vectors))
+    missing = [n for n in names if n not in found]
+    if missing:
+        sources = [s for s in ("the index's vocabulary" if vocabulary is not None else "", word_vectors) if s]
+        where = " or ".join(sources) if sources else "nowhere (the index has no vocabulary; pass word vectors)"
+        raise KeyError(f"No vector for tag(s) {missing}: looked in {where}.")
+    return Query(np.stack([found[n] for n in names]), names)
+
+
+def query_from(tags=(), vector_file=None, vocabulary=None, word_vectors=None, allow_pickle=False):
+    """A Query from tag names (`tag_query`) or from an .npy of vectors, (d,) or (T, d)."""
+    if vector_file:
+        if tags:
+            raise ValueError("Pass tags or a vector file, not both.")
+        return Query(np.load(vector_file, allow_pickle=False))
+    if not tags:
+        raise ValueError("A query needs --tag (repeatable) or --vector_file.")
+    return tag_query(tags, vocabulary, word_vectors, allow_pickle)
+
+
+def _aggregate(products, aggregation):
+    """(n, M, V) row-tag products -> (scores (n, V), dominant rows (n, V)), as sdl_keras.scoring."""
+    if aggregation == "max":
+        return products.max(axis=1), products.argmax(axis=1)
+    squared = np.square(products)
+    return np.sqrt(squared.sum(axis=1)), squared.argmax(axis=1)
+
+
+def _dot(rows, vectors):
+    """(R, d) x (V, d) -> (R, V). Small products (re-scoring candidates) run on one thread:
+    OpenBLAS wakes all its threads for any matrix product, which costs far more than the
+    product itself on a busy machine (measured: 6.7 ms against 0.1 ms for 2000 x 300)."""
+    if rows.shape[0] * vectors.shape[0] < SMALL_PRODUCT:
+        return np.einsum("rd,vd->rv", rows, vectors)
+    return rows @ vectors.T
+
+
+class _TopK:
+    """The k best (score, image) pairs seen so far; ties keep the lower image index."""
+
+    def __init__(self, k, num_tags):
+        self.k = k
+        self.scores = np.empty(0, np.float32)
+        self.images = np.empty(0, np.int64)
+        self.rows = np.empty((0, num_tags), np.int64)
+
+    @property
+    def floor(self):
+        """Scores must beat this to enter (images arrive in increasing index order)."""
+        return self.scores[-1] if len(self.scores) >= self.k else -np.inf
+
+    def offer(self, scores, images, rows):
+        scores = np.concatenate([self.scores, scores])
+        images = np.concatenate([self.images, images])
+        rows = np.concatenate([self.rows, rows])
+        order = np.lexsort((images, -scores))[: self.k]
+        self.scores, self.images, self.rows = scores[order], images[order], rows[order]
+
+
+class _Shard:
+    def __init__(self, directory, name, count, num_rows, dim, dtype):
+        self.directory = os.path.join(directory, name)
+        self.name, self.count = name, count
+        path = os.path.join(self.directory, "matrices" + DTYPES[dtype])
+        expected = count * num_rows * dim * np.dtype(dtype).itemsize
+        if not os.path.exists(path) or os.path.getsize(path) != expected:
+            raise ValueError(
+                f"{path}: missing or not {count} x {num_rows} x {dim} {dtype} values; the index is damaged."
+            )
+        self.matrices = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r", shape=(count, num_rows, dim))
+        self._ids = None
+        self._searcher = None
+
+    @property
+    def ids(self):
+        if self._ids is None:
+            with open(os.path.join(self.directory, IDS_FILE), encoding="utf-8") as f:
+                self._ids = [json.loads(line) for line in f]
+            if len(self._ids) != self.count:
+                raise ValueError(f"{self.directory}/{IDS_FILE}: {len(self._ids)} ids for {self.count} images.")
+        return self._ids
+
+    def searcher(self):
+        if self._searcher is None:
+            path = os.path.join(self.directory, SCANN_DIR)
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"{path}: this shard has no ScaNN searcher (built without ScaNN options).")
+            self._searcher = scann_module().load_searcher(path)
+        return self._searcher
+
+
+_SCANN = None
+
+
+def scann_module():
+    """ScaNN's NumPy API, `scann.scann_ops.py.scann_ops_pybind`.
+
+    scann 1.4.2's package `__init__` also loads its TensorFlow custom op, compiled against
+    TensorFlow 2.20: under TensorFlow 2.21 that load fails (tensorflow NotFoundError,
+    an undefined absl symbol) after the NumPy API module has been imported. The NumPy
+    API does not use TensorFlow, so that error is set aside and the module kept.
+    """
+    global _SCANN
+    if _SCANN is None:
+        try:
+            from scann.scann_ops.py import scann_ops_pybind as module
+        except ImportError as error:
+            raise ImportError("Approximate search needs ScaNN: pip install scann (see requirements.txt).") from error
+        except Exception as error:  # noqa: BLE001  the TensorFlow op's load error, see above
+            module = sys.modules.get("scann.scann_ops.py.scann_ops_pybind")
+            if module is None:
+                raise ImportError(f"ScaNN could not be imported: {type(error).__name__}: {error}") from error
+        _SCANN = module
+    return _SCANN
+
+
+def build_searcher(rows, options=ScannOptions()):
+    """A ScaNN dot-product searcher over (R, d) float32 rows, as `options` say."""
+    scann = scann_module()
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    num_leaves = options.num_leaves or int(math.sqrt(rows.shape[0]))
+    builder = scann.builder(rows, 10, "dot_product")
+    if num_leaves < options.min_leaves:
+        return builder.score_brute_force().build()
+    to_search = options.leaves_to_search or max(1, math.ceil(options.leaves_fraction * num_leaves))
+    builder = builder.tree(
+        num_leaves=num_leaves,
+        num_leaves_to_search=min(to_search, num_leaves),
+        training_sample_size=min(options.training_sample_size, rows.shape[0]),
+    )
+    builder = builder.score_ah(
+        options.dims_per_block,
+        anisotropic_quantization_threshold=options.anisotropic_threshold,
+        training_sample_size=min(options.training_sample_size, rows.shape[0]),
+    )
+    return builder.build()
+
+
+class RetrievalIndex:
+    """An index directory of image matrices (see the module docstring).
+
+    Shape contract: every image's A is (num_rows, dim); query vectors are (T, dim).
+
+    Create with `RetrievalIndex.create`, open with `RetrievalIndex.load`, grow with `add`.
+    """
+
+    def __init__(self, directory, meta, vocabulary=None):
+        self.directory = directory
+        self.meta = meta
+        self.vocabulary = vocabulary
+        self.shards = [
+            _Shard(directory, s["name"], s["count"], self.num_rows, self.dim, self.dtype) for s in meta["shards"]
+        ]
+
+    # -- properties -------------------------------------------------------------------------
+    num_rows = property(lambda self: self.meta["num_rows"])
+    dim = property(lambda self: self.meta["dim"])
+    dtype = property(lambda self: self.meta["dtype"])
+    aggregation = property(lambda self: self.meta["aggregation"])
+
+    @property
+    def scann_options(self):
+        options = self.meta.get("scann")
+        return None if options is None else ScannOptions(**options)
+
+    def __len__(self):
+        return sum(s.count for s in self.shards)
+
+    @property
+    def ids(self):
+        return [i for s in self.shards for i in s.ids]
+
+    # -- creating and loading ---------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, directory, num_rows, dim, dtype="float32", aggregation="max", vocabulary=None, scann=None,
+        source=None, overwrite=False,
+    ):
+        """An empty index at `directory`.
+
+        Args:
+            num_rows, dim: M and d of the model's matrices.
+            dtype: "float32", or "float16" to halve the storage (scores are then computed
+                from float16-rounded matrices).
+            aggregation: the run's row aggregation, "max" (SDL) or "l2" (baseline).
+            vocabulary: a TagVocabulary stored with the index, so queries can name tags.
+            scann: ScannOptions to build a ScaNN searcher per shard, or None (exact only).
+            source: a JSON-able description of the model the matrices come from.
+            overwrite: replace an existing index at `directory`.
+        """
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}.")
+        if scann is not None and aggregation != "max":
+            raise ValueError(SCANN_NEEDS_MAX)
+        if vocabulary is not None and vocabulary.dim != dim:
+            raise ValueError(f"The vocabulary's vectors have {vocabulary.dim} dimensions, the matrices {dim}.")
+        if os.path.exists(os.path.join(directory, INDEX_FILE)):
+            if not overwrite:
+                raise FileExistsError(f"{directory} already holds an index; add to it, or pass overwrite.")
+            shutil.rmtree(directory)
+        os.makedirs(directory, exist_ok=True)
+        if vocabulary is not None:
+            vocabulary.save(os.path.join(directory, VOCABULARY_FILE))
+        meta = {
+            "format": FORMAT,
+            "num_rows": int(num_rows),
+            "dim": int(dim),
+            "dtype": dtype,
+            "aggregation": aggregation,
+            "scann": None if scann is None else dataclasses.asdict(scann),
+            "source": source,
+            "shards": [],
+        }
+        _write_json(os.path.join(directory, INDEX_FILE), meta)
+        return cls(directory, meta, vocabulary)
+
+    @classmethod
+    def load(cls, directory):
+        path = os.path.join(directory, INDEX_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{directory} is not a retrieval index: no {INDEX_FILE}.")
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}.")
+        vocabulary_path = os.path.join(directory, VOCABULARY_FILE)
+        vocabulary = TagVocabulary.load(vocabulary_path) if os.path.exists(vocabulary_path) else None
+        return cls(directory, meta, vocabulary)
+
+    # -- adding -----------------------------------------------------------------------------
+    def add(self, batches, shard_size=100_000):
+        """Adds images from an iterable of (ids, matrices (n, M, d)) batches; returns how many.
+
+        New shards of at most `shard_size` images are written (and their ScaNN searchers
+        built, when the index has ScaNN options), then index.json is replaced. Ids must be
+        new and unique; on any error the index is left unchanged.
+        """
+        known = set(self.ids)
+        taken = {s["name"] for s in self.meta["shards"]}
+        self._remove_unlisted_shards()
+        written = []
+        try:
+            writer = None
+            for ids, matrices in batches:
+                ids = [str(i) for i in ids]
+                matrices = np.asarray(matrices)
+                if matrices.ndim != 3 or matrices.shape[1:] != (self.num_rows, self.dim):
+                    raise ValueError(
+                        f"Matrices of shape {matrices.shape[1:]} for an index of ({self.num_rows}, {self.dim}) ones."
+                    )
+                if len(ids) != len(matrices):
+                    raise ValueError(f"{len(ids)} ids for {len(matrices)} matrices.")
+                if not np.isfinite(matrices).all():
+                    bad = [ids[i] for i in np.nonzero(~np.isfinite(matrices).all(axis=(1, 2)))[0][:5]]
+                    raise ValueError(f"Non-finite values in the matrices of image(s) {bad}.")
+                repeated = [i for i in ids if i in known]
+                if repeated or len(set(ids)) != len(ids):
+                    dupes = repeated or sorted({i for i in ids if ids.count(i) > 1})
+                    raise ValueError(f"Image id(s) already in the index or repeated: {dupes[:10]}")
+                known.update(ids)
+                start = 0
+                while start < len(ids):
+                    if writer is None:
+                        name = _next_name(taken)
+                        taken.add(name)
+                        writer = _ShardWriter(self.directory, name, self.dtype)
+                    take = min(shard_size - writer.count, len(ids) - start)
+                    writer.write(ids[start : start + take], matrices[start : start + take])
+                    start += take
+                    if writer.count >= shard_size:
+                        written.append(self._finish(writer))
+                        writer = None
+            if writer is not None and writer.count:
+                written.append(self._finish(writer))
+            elif writer is not None:
+                writer.discard()
+        except BaseException:
+            if writer is not None:
+                writer.discard()
+            for shard in written:
+                shutil.rmtree(os.path.join(self.directory, shard["name"]), ignore_errors=True)
+            raise
+        if written:
+            meta = dict(self.meta, shards=self.meta["shards"] + written)
+            _write_json(os.path.join(self.directory, INDEX_FILE), meta)
+            self.meta = meta
+            self.shards += [
+                _Shard(self.directory, s["name"], s["count"], self.num_rows, self.dim, self.dtype) for s in written
+            ]
+        return sum(s["count"] for s in written)
+
+    def _finish(self, writer):
+        writer.close()
+        if self.scann_options is not None:
+            shard = _Shard(self.directory, writer.name, writer.count, self.num_rows, self.dim, self.dtype)
+            self._build_searcher(shard, self.scann_options)
+        return {"name": writer.name, "count": writer.count}
+
+    def _build_searcher(self, shard, options):
+        logger.info("Building the ScaNN searcher of %s (%d rows).", shard.name, shard.count * self.num_rows)
+        searcher = build_searcher(np.asarray(shard.matrices, dtype=np.float32).reshape(-1, self.dim), options)
+        path = os.path.join(shard.directory, SCANN_DIR)
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+        searcher.serialize(path, relative_path=True)
+        shard._searcher = None
+
+    def build_searchers(self, options=ScannOptions()):
+        """(Re)builds every shard's ScaNN searcher with `options`, which later adds also use:
+        turns approximate search on for an exact-only index, or retunes it."""
+        if self.aggregation != "max":
+            raise ValueError(SCANN_NEEDS_MAX)
+        for shard in self.shards:
+            self._build_searcher(shard, options)
+        self.meta = dict(self.meta, scann=dataclasses.asdict(options))
+        _write_json(os.path.join(self.directory, INDEX_FILE), self.meta)
+
+    def _remove_unlisted_shards(self):
+        """Shard folders a failed or killed add left behind (never listed in index.json)."""
+        listed = {s["name"] for s in self.meta["shards"]}
+        for name in os.listdir(self.directory):
+            if name.startswith("shard-") and name not in listed:
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+    # -- searching --------------------------------------------------------------------------
+    def search(self, query, k=10, method="exact", **kwargs):
+        """The k best images for one Query (or tag vectors), best first: a list of Hit."""
+        return self.search_batch([query], k, method, **kwargs)[0]
+
+    def search_batch(
+        self, queries, k=10, method="exact", chunk_images=None, num_candidates=None, leaves_to_search=None
+    ):
+        """The k best images for each query, all scored in one pass over the index.
+
+        Args:
+            queries: Query objects (or (T, d) / (d,) arrays of tag vectors).
+            k: hits per query (at most the index size).
+            method: "exact" or "scann".
+            chunk_images: images scored per step of exact search (default: ~32 MB of matrices).
+            num_candidates, leaves_to_search: override the index's ScaNN options per search.
+
+        Returns:
+            one list of Hit per query.
+        """
+        queries = [q if isinstance(q, Query) else Query(q) for q in queries]
+        for q in queries:
+            if q.vectors.shape[1] != self.dim:
+                raise ValueError(
+                    f"Query {list(q.names)} has {q.vectors.shape[1]}-d vectors; the index holds {self.dim}-d rows."
+                )
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}.")
+        if not queries or not len(self):
+            return [[] for _ in queries]
+        vectors = np.concatenate([q.vectors for q in queries])
+        columns = np.split(np.arange(len(vectors)), np.cumsum([len(q.vectors) for q in queries])[:-1])
+        tops = [_TopK(k, len(c)) for c in columns]
+        if method == "exact":
+            self._exact(vectors, columns, tops, chunk_images)
+        else:
+            self._approximate(vectors, columns, tops, k, num_candidates, leaves_to_search)
+        return [
+            [Hit(self._id(i), float(s), tuple(int(r) for r in rows)) for s, i, rows in zip(t.scores, t.images, t.rows)]
+            for t in tops
+        ]
+
+    def _id(self, image):
+        """The id of the image at a global position (shards in order)."""
+        for shard in self.shards:
+            if image < shard.count:
+                return shard.ids[image]
+            image -= shard.count
+        raise IndexError(image)
+
+    def _score(self, matrices, vectors):
+        """(n, M, d) matrices x (V, d) vectors -> (scores (n, V), rows (n, V))."""
+        flat = np.asarray(matrices, dtype=np.float32).reshape(-1, self.dim)
+        products = _dot(flat, vectors).reshape(len(matrices), self.num_rows, len(vectors))
+        return _aggregate(products, self.aggregation)
+
+    def _exact(self, vectors, columns, tops, chunk_images):
+        chunk = int(chunk_images or max(1, CHUNK_BYTES // (4 * self.num_rows * self.dim)))
+        base = 0
+        for shard in self.shards:
+            for start in range(0, shard.count, chunk):
+                scores, rows = self._score(shard.matrices[start : start + chunk], vectors)
+                combined = np.stack([scores[:, c].sum(axis=1) for c in columns], axis=1)
+                floors = np.array([t.floor for t in tops], dtype=np.float32)
+                entering = combined > floors[None, :]
+                for q in np.nonzero(entering.any(axis=0))[0]:
+                    picked = np.nonzero(entering[:, q])[0]
+                    tops[q].offer(combined[picked, q], base + start + picked, rows[picked][:, columns[q]])
+            base += shard.count
+
+    def _approximate(self, vectors, columns, tops, k, num_candidates, leaves_to_search):
+        options = self.scann_options
+        if options is None:
+            raise ValueError(f"{self.directory} was built without ScaNN searchers; search it with method='exact'.")
+        wanted = int(num_candidates or options.num_candidates or max(options.candidates_per_hit * k, 1000))
+        rescored = max(options.rescore_per_hit * k, k)
+        base = 0
+        for shard in self.shards:
+            count = min(wanted, shard.count * self.num_rows)
+            search = shard.searcher().search_batched_parallel if len(vectors) > 1 else shard.searcher().search_batched
+            found, distances = search(
+                vectors, final_num_neighbors=count, pre_reorder_num_neighbors=count,
+                leaves_to_search=leaves_to_search or options.leaves_to_search,
+            )
+            found = np.asarray(found, dtype=np.int64)
+            valid = np.isfinite(np.asarray(distances))  # ScaNN pads short results with NaN
+            rows_of = shard.matrices.reshape(-1, self.dim)
+            for q, cols in enumerate(columns):
+                per_tag = [self._row_bounds(rows_of, found[c][valid[c]], vectors[c]) for c in cols if valid[c].any()]
+                if not per_tag:
+                    continue
+                images = np.unique(np.concatenate([i for i, _ in per_tag]))
+                # An image a tag did not retrieve counts that tag's lowest retrieved score.
+                bound = np.zeros(len(images), np.float32)
+                for tag_images, tag_bounds in per_tag:
+                    filled = np.full(len(images), tag_bounds.min(), np.float32)
+                    filled[np.searchsorted(images, tag_images)] = tag_bounds
+                    bound += filled
+                if len(images) > rescored:
+                    images = np.sort(images[np.argpartition(-bound, rescored - 1)[:rescored]])
+                # Exact re-scoring: the candidates' full matrices against the query's tags.
+                scores, rows = self._score(shard.matrices[images], vectors[cols])
+                tops[q].offer(scores.sum(axis=1), base + images, rows)
+            base += shard.count
+
+    def _row_bounds(self, rows_of, found, vector):
+        """(images, bounds): the exact scores of the rows ScaNN found, maxed per image, a
+        lower bound of each image's score (reading a row, not a whole matrix)."""
+        rows = np.unique(found)
+        scores = _dot(np.asarray(rows_of[rows], dtype=np.float32), vector[None])[:, 0]
+        images = rows // self.num_rows
+        starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]])
+        return images[starts], np.maximum.reduceat(scores, starts)
+
+
+class _ShardWriter:
+    """Streams matrices and ids into a new shard folder."""
+
+    def __init__(self, directory, name, dtype):
+        self.name = name
+        self.folder = os.path.join(directory, name)
+        os.makedirs(self.folder)
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.path = os.path.join(self.folder, "matrices" + DTYPES[dtype])
+        self._matrices = open(self.path, "wb")
+        self._ids = open(os.path.join(self.folder, IDS_FILE), "w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, ids, matrices):
+        self._matrices.write(np.ascontiguousarray(matrices, dtype=self.dtype).tobytes())
+        self._ids.writelines(json.dumps(i, ensure_ascii=False) + "\n" for i in ids)
+        self.count += len(ids)
+
+    def close(self):
+        self._matrices.close()
+        self._ids.close()
+
+    def discard(self):
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _next_name(taken):
+    number = 0
+    while f"shard-{number:05d}" in taken:
+        number += 1
+    return f"shard-{number:05d}"
+
+
+def _write_json(path, value):
+    """Writes JSON through a temporary file and a rename: readers see the old or the new file."""
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2)
+    os.replace(temporary, path)
+
+
+def build_index(directory, batches, dtype="float32", aggregation="max", vocabulary=None, scann=None,
+                source=None, shard_size=100_000, overwrite=False):
+    """Creates an index from (ids, matrices) batches, taking M and d from the first batch."""
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError(f"No images to index into {directory}.")
+    shape = np.shape(first[1])
+    if len(shape) != 3:
+        raise ValueError(f"Expected (n, M, d) matrices, got shape {shape}.")
+    index = RetrievalIndex.create(
+        directory, shape[1], shape[2], dtype, aggregation, vocabulary, scann, source, overwrite
+    )
+
+    def all_batches():
+        yield first
+        yield from batches
+
+    index.add(all_batches(), shard_size)
+    return index

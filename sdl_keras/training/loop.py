@@ -1,0 +1,152 @@
+"""Training an SDL model with `model.fit`, from a TrainConfig to a run directory
+(sdl_keras.run_dir). The `sdl_keras.train` CLI is a thin layer over `train`.
+
+Under a multi-worker strategy only the chief writes the run directory
+(`distribute.write_directory`).
+"""
+
+import logging
+import sys
+
+import keras
+import numpy as np
+
+from sdl_keras import saving
+from sdl_keras.run_dir import RunDirectory
+from sdl_keras.training import distribute
+from sdl_keras.training.callbacks import (
+    BackupAndRestore,
+    BestModelCheckpoint,
+    UnreadableImagesLogger,
+    ZeroShotEvaluation,
+)
+from sdl_keras.training.dashboards import TensorBoardDashboards, hparams_of
+from sdl_keras.training.data import load_vocabulary, training_data, validation_batches
+from sdl_keras.training.model import build_compiled_model, resolve
+
+logger = logging.getLogger(__name__)
+
+
+def build_callbacks(config, model, vocabulary, validation, write_dir, strategy):
+    """The run's callbacks, in the order they must run at an epoch's end: the backup (before
+    the EMA swap, so it holds the training weights), the EMA swap (so the evaluation and
+    checkpoint see the averaged weights), the zero-shot evaluation (its figures go into the
+    logs), the dashboards and the best-model checkpoint (which read them), TensorBoard's
+    scalars, TerminateOnNaN.
+
+    Args:
+        validation: batches of (images, labels over all tags), or None for no evaluation.
+        write_dir: where this process writes (`distribute.write_directory`).
+    """
+    run, written = RunDirectory(config.runtime.output_dir), RunDirectory(write_dir)
+    callbacks = [
+        BackupAndRestore(
+            run.backup_dir, save_freq=config.runtime.backup_steps or "epoch", write_dir=written.backup_dir
+        )
+    ]
+    if config.optimizer.ema_momentum is not None:
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    evaluation_config, ks = config.evaluation, config.evaluation.ks
+    if validation is not None:
+        # model.predict would split the images between the workers of a multi-worker run.
+        predict = distribute.local_predict_function(model) if strategy.num_replicas_in_sync > 1 else None
+        evaluation = ZeroShotEvaluation(
+            validation, vocabulary, ks=ks, every_n_epochs=evaluation_config.eval_every,
+            aggregation=config.loss.aggregation, predict=predict, sample_images=evaluation_config.dashboard_images,
+        )
+        callbacks += [
+            evaluation,
+            TensorBoardDashboards(written.logs_dir, evaluation, top_k=max(ks), hparams=hparams_of(config)),
+            BestModelCheckpoint(
+                written.best_model_path, monitor="val_zsl/mAP" if vocabulary.unseen else "val_gzsl/mAP"
+            ),
+        ]
+    callbacks += [keras.callbacks.TensorBoard(written.logs_dir), keras.callbacks.TerminateOnNaN()]
+    return callbacks
+
+
+def fit_verbosity(verbose):
+    """Keras' `verbose` for a config's setting: "auto" is a progress bar on a terminal and one
+    line per epoch otherwise (a log file would get every redraw of the bar)."""
+    if verbose == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(verbose)
+
+
+def train(config, callbacks=()):
+    """Reads the data, trains with `model.fit` under the config's strategy and writes the run
+    directory (on the chief).
+
+    Args:
+        config: the TrainConfig.
+        callbacks: more Keras callbacks, run after the run's own (`build_callbacks`).
+
+    Returns:
+        (model, history, vocabulary).
+    """
+    # First: MultiWorkerMirroredStrategy must start before any other TensorFlow work.
+    strategy = distribute.select_strategy(config.runtime.strategy)
+    config = resolve(config)  # config.json records how the method scores
+    data_config, runtime = config.data, config.runtime
+    keras.utils.set_random_seed(runtime.seed)
+    if data_config.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(
+            f"batch_size={data_config.batch_size} (global) does not split over "
+            f"{strategy.num_replicas_in_sync} replicas."
+        )
+    vocabulary = load_vocabulary(data_config)
+    train_data = training_data(config, vocabulary, strategy)
+    max_positives = train_data.max_positives
+    logger.info(
+        "Training on %d images, %d seen tags (%d unseen held out), loss bound P=%d positives per image "
+        "(from %s), %d replica(s), global batch %d.",
+        train_data.num_images, train_data.num_seen, len(vocabulary.unseen), max_positives,
+        train_data.max_positives_from, strategy.num_replicas_in_sync, data_config.batch_size,
+    )
+    # Repeated, with a fixed number of steps: every worker of a multi-worker run then takes
+    # the same number of steps per epoch.
+    epochs = config.optimizer.epochs
+    steps = config.optimizer.steps_per_epoch or max(train_data.num_images // data_config.batch_size, 1)
+    validation = validation_batches(config, vocabulary)
+    extra = [UnreadableImagesLogger(train_data.unreadable_images)] if train_data.unreadable_images else []
+
+    xla_request = runtime.xla_mode if runtime.jit_compile else "off"
+    with distribute.write_directory(runtime.output_dir, strategy) as write_dir, \
+            distribute.xla_mode(xla_request, strategy) as xla:
+        run = RunDirectory(write_dir)
+        with strategy.scope():
+            model = build_compiled_model(config, vocabulary, max_positives, steps * epochs, xla == "jit")
+        distribute.check_jit_compile(model, xla)
+        if runtime.strategy != "default":
+            sample = (
+                np.zeros((1, data_config.image_size, data_config.image_size, 3), np.uint8),
+                np.zeros((1, train_data.num_seen), np.float32),
+            )
+            distribute.prepare_for_fit(model, strategy, sample)
+        if runtime.sync_batch_norm and strategy.num_replicas_in_sync > 1:
+            count = distribute.synchronize_batch_norm(model)
+            logger.info("%d BatchNormalization layer(s) use the global batch's statistics.", count)
+        run.write_vocabulary(vocabulary)
+        run.write_config(config)
+        history = model.fit(
+            train_data.dataset,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            shuffle=False,  # the dataset shuffles
+            callbacks=[*build_callbacks(config, model, vocabulary, validation, write_dir, strategy), *extra,
+                       *callbacks],
+            verbose=fit_verbosity(runtime.verbose),
+        )
+        final = {key: float(values[-1]) for key, values in history.history.items() if values}
+        if not np.isfinite(final.get("loss", 0.0)):
+            raise FloatingPointError(
+                f"Training stopped: the loss became {final['loss']} (epoch {len(history.epoch)}); "
+                f"no {RunDirectory.MODEL} written. Lower the learning rate or check the data."
+            )
+        saving.save_model(model, run.model_path)
+        run.write_metrics({
+            "epoch": (history.epoch[-1] + 1) if history.epoch else epochs,
+            "step": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+            "logs": final,
+        })
+    return model, history, vocabulary
