@@ -5,7 +5,7 @@ JPEGs, then measures in one run, alternating rounds:
   pil       a plain PIL + NumPy loader, one image at a time: open, convert("RGB"),
             resize((224, 224), BILINEAR), np.asarray, np.stack per batch (the official
             PyTorch code's approach, without the framework around it)
-  tf files  pipelines.data.image_label_dataset over the image files
+  tf files  pipelines.files.image_label_dataset over the image files
   tf records pipelines.tfrecord.records.tfrecord_dataset over TFRecord shards of the same images
 The tf.data pipelines are built with repeat=True, as sdl_keras.training's are, and each
 measurement reads several passes through one iterator: a new iterator per pass would

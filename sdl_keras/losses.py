@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from sdl_keras.scoring import AGGREGATIONS, tag_scores
+from sdl_keras.scoring import AGGREGATIONS, check_columns, tag_scores
 
 NORMALIZATIONS = ("official", "paper")
 
@@ -156,6 +156,7 @@ class SDLLoss(keras.losses.Loss):
         self.check_restored()
         labels = ops.cast(y_true, "float32")
         A = ops.cast(y_pred, "float32")
+        check_columns(type(self).__name__, labels, A, self.tag_vectors)
         positives = ops.cast(ops.equal(labels, 1.0), "float32")
         if self.unknown_as_negative:
             negatives = 1.0 - positives

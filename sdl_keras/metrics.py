@@ -6,7 +6,7 @@ import numpy as np
 from keras import ops
 
 from sdl_keras.losses import SDLLoss
-from sdl_keras.scoring import AGGREGATIONS, tag_scores
+from sdl_keras.scoring import AGGREGATIONS, check_columns, tag_scores
 
 
 def binned_average_precision(positive_hist, negative_hist):
@@ -157,6 +157,7 @@ class SDLMetrics(keras.metrics.Metric):
         if sample_weight is not None:
             raise ValueError("SDLMetrics does not support sample_weight: counts are per image and tag.")
         labels = ops.cast(y_true, "float32")
+        check_columns(type(self).__name__, labels, y_pred, self.tag_vectors)
         scores, _ = tag_scores(ops.cast(y_pred, "float32"), self.tag_vectors, self.aggregation)
         self._update_task(self._counts["gzsl/" if self.unseen else ""], scores, labels)
         if self.unseen:

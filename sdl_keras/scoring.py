@@ -5,6 +5,22 @@ from keras import ops
 AGGREGATIONS = ("max", "l2")
 
 
+def check_columns(owner, labels, A, tag_vectors):
+    """Raises ValueError saying what to do when the labels' tag columns or A's width do not
+    match the (C, d) tag vectors: a mismatch would otherwise surface as a graph shape error.
+    Static shapes only (unknown dimensions pass)."""
+    num_tags, dim = tag_vectors.shape[0], tag_vectors.shape[-1]
+    width = labels.shape[-1] if len(labels.shape) else None
+    if width is not None and num_tags is not None and width != num_tags:
+        raise ValueError(
+            f"{owner}: the labels have {width} tag columns but there are {num_tags} tag vectors. Labels must "
+            f"follow the tag vectors' rows: to train on the seen tags, give SDLLoss(vocabulary.seen_vectors) the "
+            f"labels' seen columns, labels[:, vocabulary.seen] (sdl_keras.training.seen_labels)."
+        )
+    if A.shape[-1] is not None and dim is not None and A.shape[-1] != dim:
+        raise ValueError(f"{owner}: the matrices A have rows of {A.shape[-1]} values but the tag vectors {dim}.")
+
+
 def row_tag_products(A, tag_vectors):
     """(B, M, d) x (C, d) -> (B, M, C): every principal direction against every tag.
 

@@ -160,5 +160,18 @@ def test_config_round_trip_and_bad_arguments():
             SDLLoss(T, **bad)
 
 
+def test_labels_over_all_tags_with_seen_vectors_get_a_clear_error():
+    """The slicing a user gets wrong: labels over the whole vocabulary given to a loss over
+    the seen tags; the error says what to pass instead of a graph shape error."""
+    A, labels, T = random_case()
+    loss = SDLLoss(T[:9], max_positives=labels.shape[1])
+    with pytest.raises(ValueError, match=r"12 tag columns but there are 9 tag vectors.*labels\[:, vocabulary.seen\]"):
+        loss(labels, A)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3 * 8), keras.layers.Reshape((3, 8))])
+    model.compile("sgd", loss=loss)
+    with pytest.raises(ValueError, match="12 tag columns but there are 9 tag vectors"):
+        model.fit(np.ones((6, 5), "float32"), labels, verbose=0)
+
+
 if __name__ == "__main__":
     testing.run(__file__)

@@ -99,17 +99,22 @@ def test_config_round_trip(tmp_path):
 def test_command_lines_train_then_evaluate(demo, tmp_path):
     folder, files = demo
     run_dir = str(tmp_path / "cli_run")
-    env = dict(os.environ, PYTHONPATH=testing.REPO_ROOT)
+    env = testing.python_env()
     common = [f"--flagfile={testing.REPO_ROOT}/configs/demo.flags"]
     train = subprocess.run(
         [sys.executable, "-m", "sdl_keras.train", *common, f"--train_source={files['train.jsonl']}",
          f"--test_source={files['test.jsonl']}", f"--tags={files['tags.txt']}",
          f"--word_vectors={files['words.vec']}", f"--unseen_tags={files['unseen_tags.txt']}",
-         "--image_size=32", "--epochs=1", "--steps_per_epoch=2", "--reg_weight=none", f"--output_dir={run_dir}"],
+         "--image_size=32", "--epochs=2", "--steps_per_epoch=2", "--reg_weight=none", f"--run_dir={run_dir}"],
         env=env, capture_output=True, text=True, cwd=testing.REPO_ROOT, timeout=300,
     )
     assert train.returncode == 0, train.stderr[-3000:]
     assert TrainConfig.load(os.path.join(run_dir, "config.json")).loss.reg_weight is None
+    # Quiet logs when the output is a file: one progress line per epoch, no redrawn bar, and
+    # no CUDA error on this CPU-only host.
+    progress = [line for line in train.stdout.splitlines() if "/step - loss:" in line]
+    assert len(progress) == 2 and "\r" not in train.stdout, train.stdout[-2000:]
+    assert "cuInit" not in train.stderr
     evaluate = subprocess.run(
         [sys.executable, "-m", "sdl_keras.evaluate", f"--run_dir={run_dir}", "--eval_ks=1,3"],
         env=env, capture_output=True, text=True, cwd=testing.REPO_ROOT, timeout=300,
