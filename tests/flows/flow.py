@@ -25,7 +25,6 @@ SHRINK = (
     "--backbone=small_cnn", "--backbone_weights=none", "--image_size=32", "--batch_size=8", "--epochs=1",
     "--steps_per_epoch=2",
 )
-TOP_K = 10  # configs/export.flags' --top_k: the tags serving_default returns per image
 
 
 def flag_settings(args):
@@ -184,8 +183,9 @@ class Flow:
             self.check(command, returncode, "", log.read())
         records = [json.loads(line) for line in done.stdout.splitlines()]
         assert [r["image"] for r in records] == list(images), done.stdout
+        top_k = int(flagfile_settings(self.path("configs", "export.flags"))["top_k"])
         for record in records:
-            check_tags(record, vocabulary)
+            check_tags(record, vocabulary, top_k)
         return records
 
     def tag(self, base, images):
@@ -219,11 +219,11 @@ class Flow:
         return result["hits"]
 
 
-def check_tags(record, vocabulary):
+def check_tags(record, vocabulary, top_k):
     """A serving_default record: the export's K best tags, from the vocabulary, best first,
     with their unseen flags and dominant rows."""
     tags = record["tags"]
-    assert len(tags) == min(TOP_K, len(vocabulary)) and len(set(tags)) == len(tags), record
+    assert len(tags) == min(top_k, len(vocabulary)) and len(set(tags)) == len(tags), record
     assert set(tags) <= set(vocabulary.tags), record
     assert record["scores"] == sorted(record["scores"], reverse=True), record
     unseen = set(vocabulary.unseen_tags)
@@ -231,23 +231,24 @@ def check_tags(record, vocabulary):
     assert len(record["rows"]) == len(tags), record
 
 
-def user_path(flow, flagfile, name, data, images, index_images, indexed_ids, unseen_tag, evaluate_flags=(),
+def user_path(user, flagfile, name, data, images, index_images, indexed_ids, unseen_tag, evaluate_flags=(),
               search_flags=()):
     """Train with FLAGFILE and the `data` flags, evaluate, export as NAME, serve it and tag
     `images` through the gRPC client and with `sdl_keras.tag` (the same tags), then index
     `index_images` (search build's image arguments, indexed as `indexed_ids`) and query
-    them for an unseen tag. Returns the run directory."""
-    run = flow.train(flagfile, *data)
-    flow.evaluate(run, *evaluate_flags)
-    base = flow.export(run, name)
+    them for an unseen tag, all in the Flow `user`. Returns the run directory."""
+    run = user.train(flagfile, *data)
+    user.evaluate(run, *evaluate_flags)
+    base = user.export(run, name)
     vocabulary = run.vocabulary()
     assert unseen_tag in vocabulary.unseen_tags, (unseen_tag, vocabulary.unseen_tags)
-    served = flow.serve(base, name, images, vocabulary)
-    tagged = flow.tag(base, images)
+    served = user.serve(base, name, images, vocabulary)
+    tagged = user.tag(base, images)
     assert [r["image"] for r in tagged] == list(images)
     for client, local in zip(served, tagged):
-        assert client["tags"] == local["tags"], (client, local)
+        assert [client[k] for k in ("tags", "rows", "unseen")] == [local[k] for k in ("tags", "rows", "unseen")], (
+            client, local)
         assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(client["scores"], local["scores"])), (client, local)
-    flow.search(run, index_images, indexed_ids, unseen_tag, search_flags)
-    print(f"{name}: {flow.timing()}")
+    user.search(run, index_images, indexed_ids, unseen_tag, search_flags)
+    print(f"{name}: {user.timing()}")
     return run
