@@ -77,9 +77,14 @@ def run_load(make_client, model, images, clients=8, requests_per_client=200, tim
     return LoadResult(len(latencies) + failures[0], failures[0], errors, wall, np.array(latencies))
 
 
-def start_server_process(base_path, *flags, timeout_s=120.0):
+def start_server_process(base_path, *flags, timeout_s=120.0, cwd=None, stderr=None):
     """Starts `python -m sdl_keras.serving.server` on a free 127.0.0.1 port; returns
-    (process, "127.0.0.1:PORT", rest port or None) once it serves. The caller terminates it."""
+    (process, "127.0.0.1:PORT", rest port or None) once it serves. The caller terminates it.
+
+    Relative paths among `flags` (a --flagfile) are read from `cwd`. The server's stderr
+    (TF's and the server's logs) goes to `stderr`, an open file the caller reads once the
+    server has ended; by default to a temporary file, read back only if it fails to start.
+    """
     import sdl_keras
 
     env = dict(os.environ)
@@ -87,8 +92,8 @@ def start_server_process(base_path, *flags, timeout_s=120.0):
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     # The base path and port come last, overriding any flagfile among `flags`.
     command = [sys.executable, "-m", "sdl_keras.serving.server", *flags, "--model_base_path", base_path, "--port", "0"]
-    log = tempfile.TemporaryFile(mode="w+")  # stderr: TF and server logs, read back on failure
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    log = tempfile.TemporaryFile(mode="w+") if stderr is None else stderr
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=cwd)
     found = {}
 
     def read():
@@ -107,5 +112,6 @@ def start_server_process(base_path, *flags, timeout_s=120.0):
         log.seek(0)
         tail = "".join(log.readlines()[-15:])
         raise RuntimeError(f"The server did not start within {timeout_s:.0f} s ({command}):\n{tail}")
-    log.close()
+    if stderr is None:
+        log.close()
     return process, f"{found['host']}:{found['port']}", int(found["rest"]) if found["rest"] else None
