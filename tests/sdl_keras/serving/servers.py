@@ -1,0 +1,119 @@
+"""What the serving tests share: tiny exports, images, model config files, waiting on a
+server process, and HTTP both well-formed (http.client) and raw (a socket)."""
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import time
+
+import numpy as np
+
+from tests import testing
+from tests.sdl_keras.saved_model import tiny_export as tiny
+
+SECOND_TOP_K = 2  # version 2 of the tiny model returns 2 tags: answers say which version ran
+
+
+def export_versions(base, versions=(1, 2), serving_base_path=None):
+    """The tiny model under `base`: version 1 (seed 0, top 5 tags), later ones (seed 1, top 2)."""
+    from sdl_keras.saved_model import export_model
+
+    model, vocabulary = tiny.tiny_model(), tiny.tiny_vocabulary()
+    other = tiny.tiny_model(seed=1)
+    for version in versions:
+        export_model(model if version == 1 else other, vocabulary, str(base), version=version,
+                     top_k=tiny.TOP_K if version == 1 else SECOND_TOP_K, model_name=os.path.basename(base),
+                     serving_base_path=serving_base_path or str(base))
+    return base
+
+
+def images(count=4, size=(48, 40)):
+    """Encoded JPEGs (a different one each)."""
+    return [testing.encoded_image("JPEG", size=size, seed=seed)[0] for seed in range(count)]
+
+
+def model_config_text(models):
+    """A ModelServerConfig text proto from [(name, base_path, policy text, {label: version})]."""
+    entries = []
+    for name, base_path, policy, labels in models:
+        label_text = "".join(f' version_labels {{ key: "{k}" value: {v} }}' for k, v in labels.items())
+        entries.append(f'  config {{ name: "{name}" base_path: "{base_path}" model_platform: "tensorflow"'
+                       f' model_version_policy {{ {policy} }}{label_text} }}')
+    return "model_config_list {\n" + "\n".join(entries) + "\n}\n"
+
+
+def copy_version(source, target, pause_s=0.0):
+    """Copies a version folder file by file, saved_model.pb first, as a non-atomic `cp -r` or
+    rsync does, pausing `pause_s` after the first file."""
+    files = sorted((os.path.relpath(os.path.join(r, f), source) for r, _, fs in os.walk(source) for f in fs),
+                   key=lambda p: p != "saved_model.pb")
+    for index, name in enumerate(files):
+        os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
+        shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
+        if index == 0:
+            time.sleep(pause_s)
+
+
+def wait_for(condition, timeout_s=60.0, what="the condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"Timed out after {timeout_s:.0f} s waiting for {what}.")
+
+
+def statuses(client, model):
+    """{version: state} from GetModelStatus (empty while the model has none)."""
+    from sdl_keras.serving.clients import ServingClientError
+
+    try:
+        return dict(client.status(model))
+    except ServingClientError:
+        return {}
+
+
+def request(port, method, path, body=None, headers=None, timeout=60, **kwargs):
+    """(status, JSON or text body) of one request through http.client."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {}, **kwargs)
+        response = conn.getresponse()
+        return response.status, _decode(response)
+    finally:
+        conn.close()
+
+
+def raw_request(port, data, timeout=60, then=b""):
+    """(status, body) answering raw bytes sent on a socket (malformed requests); `then` is
+    sent after, ignoring a connection the server closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        try:
+            sock.sendall(then)
+        except OSError:
+            pass
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, _decode(response)
+
+
+def _decode(response):
+    data = response.read()
+    if "json" in response.getheader("Content-Type", ""):
+        return json.loads(data)
+    return data.decode("utf-8", errors="replace")
+
+
+def predict_body(images_, **extra):
+    import base64
+
+    instances = [{"b64": base64.b64encode(data).decode("ascii")} for data in images_]
+    return json.dumps({"instances": instances, **extra}).encode()
+
+
+def float_array(*shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
