@@ -9,8 +9,8 @@ h11 does no I/O, so this module decides the rest, answering every error as JSON 
   answered 413 at once; a chunked body is counted as it arrives and answered 413 when it
   passes the limit; a POST with neither header gets 411;
 - after answering a request whose body it will not read (refused or malformed), the
-  connection drains (reads and discards) what the client still sends, for up to the request
-  timeout, before closing: the client receives the answer instead of a connection reset;
+  connection drains (reads and discards) what the client still sends, for up to 10 s (or the
+  request timeout), before closing: the client receives the answer instead of a reset;
 - one timeout (`HttpLimits.timeout_s`) for a request to arrive whole, head and body, and for
   an idle keep-alive connection; a partial request is answered 408;
 - at most `max_connections` connections are served at once; more wait in the listen backlog;
@@ -48,6 +48,8 @@ class HttpLimits:
     max_connections: int = 256
     backlog: int = 1024
     max_head_bytes: int = 64 << 10
+    # How long a refused body may keep arriving, read and discarded, before the connection closes.
+    linger_s: float = 10.0
 
 
 class _Disconnected(Exception):
@@ -161,6 +163,8 @@ class HttpServer:
                 raise TimeoutError
             try:
                 data = await asyncio.wait_for(reader.read(1 << 16), remaining)
+            except TimeoutError:  # an OSError too: not a disconnect
+                raise
             except (ConnectionError, OSError) as error:
                 raise _Disconnected(f"{type(error).__name__}: {error}") from None
             conn.receive_data(data)
@@ -218,17 +222,17 @@ class HttpServer:
         try:
             writer.write(data)
             await asyncio.wait_for(writer.drain(), self.limits.timeout_s)
-        except (ConnectionError, OSError, TimeoutError) as error:
+        except OSError as error:  # ConnectionError, or TimeoutError: the client stopped reading
             raise _Disconnected(f"while sending the {response.status} answer: {type(error).__name__}") from None
 
     async def _drain(self, reader):
         """Reads and discards what the client still sends, so it gets the answer before the close."""
-        deadline = self._loop.time() + self.limits.timeout_s
+        deadline = self._loop.time() + max(self.limits.timeout_s, self.limits.linger_s)
         try:
             while self._loop.time() < deadline:
                 if not await asyncio.wait_for(reader.read(1 << 20), deadline - self._loop.time()):
                     return
-        except (TimeoutError, ConnectionError, OSError):
+        except OSError:  # TimeoutError included
             return
 
     def stop_accepting(self):

@@ -117,3 +117,18 @@ def predict_body(images_, **extra):
 
 def float_array(*shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def black_png(width, height, rows=None):
+    """A valid all-black RGB PNG of width x height (tiny however large: zeros compress 1000x);
+    `rows` writes only that many rows of pixel data, as a decompression bomb's header lies."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor, row = zlib.compressobj(9), b"\x00" * (1 + 3 * width)
+    data = b"".join(compressor.compress(row) for _ in range(height if rows is None else rows)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
