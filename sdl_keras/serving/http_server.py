@@ -240,6 +240,7 @@ class HttpServer:
         def close():
             self._draining = True
             self._accepting.cancel()
+            self._loop.remove_reader(self._sock)  # before the close: a pending accept must not see a closed socket
             self._sock.close()
             for task, state in list(self._connections.items()):
                 if state == "idle":
