@@ -21,7 +21,7 @@ def export_versions(base, versions=(1, 2), serving_base_path=None):
     from sdl_keras.saved_model import export_model
 
     model, vocabulary = tiny.tiny_model(), tiny.tiny_vocabulary()
-    other = tiny.tiny_model(seed=1)
+    other = tiny.tiny_model(seed=1) if len(versions) > 1 else None
     for version in versions:
         export_model(model if version == 1 else other, vocabulary, str(base), version=version,
                      top_k=tiny.TOP_K if version == 1 else SECOND_TOP_K, model_name=os.path.basename(base),

