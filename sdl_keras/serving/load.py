@@ -111,6 +111,79 @@ def run_load(make_client, model, request_for, clients=8, requests_per_client=200
                       counts["refused"])
 
 
+def mixed_requests(images, embed_dim, bad_every=4):
+    """request_for(client, i) of a fault sweep: good requests to all three signatures
+    (serving_default, matrix, score_tags with tag vectors) and every `bad_every`th request bad,
+    in turn garbage bytes, a JPEG cut in half (its header is fine: it fails inside a batch),
+    an empty batch and NaN tag vectors."""
+    vectors = np.random.default_rng(0).normal(size=(4, embed_dim)).astype(np.float32)
+    nan_vectors = np.full((2, embed_dim), np.nan, np.float32)
+    truncated = images[0][: len(images[0]) // 2]
+
+    def request_for(index, i):
+        image = np.array([images[(index + i) % len(images)]], dtype=object)
+        if i % bad_every == bad_every - 1:
+            inputs, signature = [({"images": np.array([b"garbage bytes"], dtype=object)}, "serving_default"),
+                                 ({"images": np.array([truncated], dtype=object)}, "serving_default"),
+                                 ({"images": np.array([], dtype=object)}, "matrix"),
+                                 ({"images": image, "tag_vectors": nan_vectors}, "score_tags")][(index + i) % 4]
+            return LoadRequest(inputs, signature, good=False)
+        if i % 4 == 1:
+            return LoadRequest({"images": image, "tag_vectors": vectors}, "score_tags")
+        return LoadRequest({"images": image}, "matrix" if i % 8 == 2 else "serving_default")
+
+    return request_for
+
+
+def copy_version(source, target, pause_s=0.0):
+    """Copies a version folder file by file, saved_model.pb first, as a non-atomic `cp -r` or
+    rsync does, pausing `pause_s` after the first file."""
+    import shutil
+
+    files = sorted((os.path.relpath(os.path.join(r, f), source) for r, _, fs in os.walk(source) for f in fs),
+                   key=lambda p: p != "saved_model.pb")
+    for index, name in enumerate(files):
+        os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
+        shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
+        if index == 0:
+            time.sleep(pause_s)
+
+
+class VersionDrop:
+    """A new version copied into a served base path non-atomically during a load run:
+    `requests(request_for)` starts the copy at client 0's request `start_at` and holds every
+    client's requests from `served_from` on until the server serves the new version, so the
+    run covers the switch. `status()` returns {version: state} (a client's GetModelStatus)."""
+
+    def __init__(self, source, target, version, status, start_at=5, served_from=20, pause_s=1.0, timeout_s=300.0):
+        self.source, self.target, self.version, self.status = source, target, version, status
+        self.start_at, self.served_from, self.pause_s, self.timeout_s = start_at, served_from, pause_s, timeout_s
+        self.served = threading.Event()
+        self._thread = threading.Thread(target=self._drop, daemon=True)
+
+    def _drop(self):
+        copy_version(self.source, self.target, self.pause_s)
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline and self.status().get(self.version) != "AVAILABLE":
+            time.sleep(0.1)
+        self.served.set()
+
+    def requests(self, request_for):
+        def wrapped(index, i):
+            if index == 0 and i == self.start_at:
+                self._thread.start()
+            if i >= self.served_from:
+                self.served.wait(self.timeout_s)
+            return request_for(index, i)
+
+        return wrapped
+
+    def join(self):
+        if self._thread.is_alive():
+            self._thread.join(self.timeout_s)
+        return self.served.is_set()
+
+
 @dataclasses.dataclass
 class ServerProcess:
     """A running `python -m sdl_keras.serving.server`: its process, "HOST:PORT" of gRPC, the

@@ -4,12 +4,12 @@ server process, and HTTP both well-formed (http.client) and raw (a socket)."""
 import http.client
 import json
 import os
-import shutil
 import socket
 import time
 
 import numpy as np
 
+from sdl_keras.serving.load import copy_version  # noqa: F401  (the tests' non-atomic copy)
 from tests import testing
 from tests.sdl_keras.saved_model import tiny_export as tiny
 
@@ -42,18 +42,6 @@ def model_config_text(models):
         entries.append(f'  config {{ name: "{name}" base_path: "{base_path}" model_platform: "tensorflow"'
                        f' model_version_policy {{ {policy} }}{label_text} }}')
     return "model_config_list {\n" + "\n".join(entries) + "\n}\n"
-
-
-def copy_version(source, target, pause_s=0.0):
-    """Copies a version folder file by file, saved_model.pb first, as a non-atomic `cp -r` or
-    rsync does, pausing `pause_s` after the first file."""
-    files = sorted((os.path.relpath(os.path.join(r, f), source) for r, _, fs in os.walk(source) for f in fs),
-                   key=lambda p: p != "saved_model.pb")
-    for index, name in enumerate(files):
-        os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
-        shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
-        if index == 0:
-            time.sleep(pause_s)
 
 
 def wait_for(condition, timeout_s=60.0, what="the condition"):
