@@ -39,6 +39,7 @@ flags.DEFINE_integer("requests", 50, "Batching table: requests per client.")
 flags.DEFINE_integer("sweep_clients", 16, "Sweep: concurrent clients.")
 flags.DEFINE_integer("sweep_requests", 100, "Sweep: requests per client.")
 flags.DEFINE_float("time_limit", 600.0, "Seconds after which clients stop sending, per run.")
+flags.DEFINE_string("batching_parameters_file", None, "Batching on: these parameters (default: the export's).")
 flags.DEFINE_string("images", None, "A folder of images to send (default: ../shared/reference/images).")
 FLAGS = flags.FLAGS
 
@@ -81,7 +82,8 @@ def _server_flags(base, name, batching):
     flags_ = [f"--model_base_path={base}", f"--model_name={name}", "--file_system_poll_wait_seconds=0.5",
               f"--grpc_workers={max(64, 2 * max(int(c) for c in FLAGS.clients), 2 * FLAGS.sweep_clients)}"]
     if batching:
-        flags_ += ["--enable_batching", f"--batching_parameters_file={os.path.join(base, 'batching_parameters.txt')}"]
+        parameters = FLAGS.batching_parameters_file or os.path.join(base, "batching_parameters.txt")
+        flags_ += ["--enable_batching", f"--batching_parameters_file={parameters}"]
     return flags_
 
 

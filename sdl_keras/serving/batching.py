@@ -110,7 +110,7 @@ class BatchScheduler:
             if not queue:
                 continue
             batch = queue[0]
-            if batch.closed or batch.deadline <= now:
+            if batch.closed or batch.deadline <= now or self._stopped:
                 if ready is None or batch.tasks[0].enqueued < ready.tasks[0].enqueued:
                     ready = batch
             else:

@@ -9,7 +9,6 @@ import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
-from sdl_keras.serving import monitoring
 from sdl_keras.serving.errors import ServingError, invalid
 
 logger = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             code = grpc.StatusCode.INTERNAL
             raise
         finally:
-            monitoring.record_request(name, "Predict", "GRPC", code, time.perf_counter() - start)
+            self.api.record_request(name, "Predict", "GRPC", code, time.perf_counter() - start)
 
     def Predict(self, request, context):
         return _answer(context, self._predict, request)

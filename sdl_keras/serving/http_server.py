@@ -114,7 +114,7 @@ class HttpServer:
             while True:
                 self._connections[task] = "idle"
                 deadline = self._loop.time() + self.limits.timeout_s
-                close, drain = self._draining, False
+                close, drain, request = self._draining, False, None
                 try:
                     request, body = await self._read_request(conn, reader, writer, deadline)
                     if request is None:
@@ -124,7 +124,8 @@ class HttpServer:
                 except _Refused as refused:
                     self._connections[task] = "busy"
                     response, close, drain = refused.response, True, refused.drain
-                await self._send(conn, writer, response, close=close or self._draining)
+                await self._send(conn, writer, response, close=close or self._draining,
+                                 head=request is not None and request.method == b"HEAD")
                 if close or self._draining or conn.our_state is h11.MUST_CLOSE:
                     if drain:
                         await self._drain(reader)
@@ -212,13 +213,14 @@ class HttpServer:
                                                f"(the REST timeout): got {size:,}{expected} bytes."),
                            drain=False) from None
 
-    async def _send(self, conn, writer, response, close):
+    async def _send(self, conn, writer, response, close, head=False):
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
                    *response.headers]
         if close:
             headers.append(("Connection", "close"))
-        head = h11.Response(status_code=response.status, headers=headers, reason=_REASONS.get(response.status, b""))
-        data = conn.send(head) + conn.send(h11.Data(data=response.body)) + conn.send(h11.EndOfMessage())
+        status = h11.Response(status_code=response.status, headers=headers, reason=_REASONS.get(response.status, b""))
+        data = conn.send(status) + (b"" if head else conn.send(h11.Data(data=response.body)))
+        data += conn.send(h11.EndOfMessage())
         try:
             writer.write(data)
             await asyncio.wait_for(writer.drain(), self.limits.timeout_s)

@@ -34,11 +34,11 @@ _STATUS = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels
 class RestApi:
     """`handle(method, target, headers, body)` -> http_server.Response, for http_server.HttpServer.
 
-    `services` (serving_api.ServingApi) answers status and metadata and runs predictions.
+    `api` (serving_api.ServingApi) answers status and metadata and runs predictions.
     """
 
-    def __init__(self, services, metrics_path=None):
-        self.services, self.metrics_path = services, metrics_path
+    def __init__(self, api, metrics_path=None):
+        self.api, self.metrics_path = api, metrics_path
 
     def handle(self, method, target, headers, body):
         path = urllib.parse.urlsplit(target).path
@@ -65,11 +65,11 @@ class RestApi:
         if status:
             name, version, label, subresource = status.groups()
             if not name:
-                return self.services.list_models()
+                return self.api.list_models()
             spec = _spec(name, version, label)
             if subresource:
-                return self.services.metadata(*spec, as_json=True)
-            return proto_json(self.services.status(*spec))
+                return self.api.metadata(*spec, as_json=True)
+            return proto_json(self.api.status(*spec))
         raise invalid(f"Malformed request: {method} {path}")
 
     def _predict(self, name, version, label, body):
@@ -79,7 +79,7 @@ class RestApi:
             signature = request.get("signature_name") if isinstance(request, dict) else None
             if signature is not None and not isinstance(signature, str):
                 raise invalid("'signature_name' key must be a string value.")
-            with self.services.acquire(name, version, label) as servable:
+            with self.api.acquire(name, version, label) as servable:
                 signature = servable.signature(signature)
                 dtypes = {k: spec.dtype.as_numpy_dtype for k, spec in servable.input_specs[signature].items()}
                 try:
@@ -91,7 +91,7 @@ class RestApi:
             code = error.code
             raise
         finally:
-            monitoring.record_request(name, "Predict", "REST", code, time.perf_counter() - start)
+            self.api.record_request(name, "Predict", "REST", code, time.perf_counter() - start)
 
 
 def _spec(name, version, label):

@@ -3,6 +3,7 @@ prediction runs on, for the gRPC services (grpc_services) and the REST API (rest
 Answers are TF Serving's protos (GetModelStatusResponse, GetModelMetadataResponse).
 """
 
+from sdl_keras.serving import monitoring
 from sdl_keras.serving.errors import ServingError, invalid
 
 
@@ -20,6 +21,12 @@ class ServingApi:
 
     def __init__(self, manager):
         self.manager = manager
+
+    def record_request(self, name, api, entrypoint, code, seconds):
+        """Counts a request in TF Serving's metrics. Names the server does not serve count as
+        "<unserved>": a label per name a client makes up would grow the metrics without bound."""
+        served = {m.name for m in self.manager.models()}
+        monitoring.record_request(name if name in served else "<unserved>", api, entrypoint, code, seconds)
 
     def acquire(self, name, version=None, label=None):
         """A context manager holding the servable a request names (latest, version or label)."""

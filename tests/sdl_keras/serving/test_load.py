@@ -15,9 +15,13 @@ CLIENTS, REQUESTS = 4, 25
 def test_mixed_load_while_a_new_version_is_copied_in(tmp_path):
     source = servers.export_versions(tmp_path / "source", versions=(1,))
     servers.copy_version(source / "1", tmp_path / "tiny" / "1")
-    with start_server_process(f"--model_base_path={tmp_path / 'tiny'}", "--file_system_poll_wait_seconds=0.2",
-                              "--enable_batching", f"--batching_parameters_file={source / 'batching_parameters.txt'}",
-                              "--grpc_workers=16") as server:
+    # The user's flagfile, shrunk: this model, polled often, batching on.
+    with start_server_process(f"--flagfile={testing.REPO_ROOT}/configs/serve.flags",
+                              f"--model_base_path={tmp_path / 'tiny'}", "--model_name=tiny",
+                              f"--monitoring_config_file={source / 'monitoring.config'}",
+                              "--file_system_poll_wait_seconds=0.2", "--enable_batching",
+                              f"--batching_parameters_file={source / 'batching_parameters.txt'}", "--grpc_workers=16",
+                              rest=True) as server:
         control = serving_client.GrpcClient(server.grpc)
         drop = VersionDrop(source / "1", tmp_path / "tiny" / "2", 2, lambda: servers.statuses(control, "tiny"),
                            start_at=5, served_from=20)

@@ -36,7 +36,7 @@ def root(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serving")
     servers.export_versions(root / "tiny", versions=(1, 2))
-    servers.export_versions(root / "other", versions=(1,))
+    servers.copy_version(root / "tiny" / "1", root / "other" / "1")
     config = text_format.Parse((root / "tiny" / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
     assert list(config.model_config_list.config[0].model_version_policy.specific.versions) == [1, 2]
     config.model_config_list.config[0].version_labels.update({"stable": 1, "canary": 2})
