@@ -137,9 +137,6 @@ class ModelServer:
             self.rest_port = self._http.start().port
         return self
 
-    def wait(self):
-        self._grpc.wait_for_termination()
-
     def stop(self, grace=None):
         """Drains, then stops: new connections and calls are refused, in-flight requests finish
         (for at most `grace` seconds, --drain_timeout_seconds by default), models are unloaded."""

@@ -85,6 +85,7 @@ class VersionedModel:
     def __init__(self, config, load, retry=RetryPolicy()):
         self.config, self._load, self.retry = config, load, retry
         self._versions = {}
+        self._base_missing = False
         self._lock = threading.Lock()
         self.on_change = None  # called after a version becomes AVAILABLE or leaves service
 
@@ -95,8 +96,10 @@ class VersionedModel:
     def refresh(self, initial=False):
         """One poll of the base path: start, retry and finish loads and unloads."""
         base = self.config.base_path
-        if not os.path.isdir(base):
-            logger.warning("Model %s: base path %s does not exist (yet).", self.name, base)
+        if os.path.isdir(base) == self._base_missing:  # said once each time it goes or comes back
+            self._base_missing = not self._base_missing
+            if self._base_missing:
+                logger.warning("Model %s: base path %s does not exist (yet).", self.name, base)
         aspired = self.config.aspired_versions(list_versions(base))
         now = time.monotonic()
         due = []
