@@ -21,10 +21,12 @@ class Recorder:
 
     def __init__(self, delay_s=0.0):
         self.batches, self.delay_s, self.lock = [], delay_s, threading.Lock()
+        self.running = threading.Event()
 
     def __call__(self, signature, inputs):
         with self.lock:
             self.batches.append((signature, [bytes(b) for b in inputs["images"]]))
+        self.running.set()
         time.sleep(self.delay_s)
         if any(b == b"bad" for b in inputs["images"]):
             raise invalid("an image in this batch is bad")
@@ -56,7 +58,7 @@ def _images(*data):
 
 def test_requests_are_concatenated_within_the_timeout_and_split_back():
     run = Recorder()
-    scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=300_000, num_batch_threads=1),
+    scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=1_000_000, num_batch_threads=1),
                                run)
     requests = [("serving_default", _images(b"a" * (i + 1), b"b" * (i + 1))) for i in range(3)]
     results = _submit_together(scheduler, requests)
@@ -88,13 +90,18 @@ def test_a_full_batch_runs_at_once_and_sizes_are_padded_to_the_allowed_ones():
 
 
 def test_oversized_requests_and_a_full_queue_are_refused():
+    run = Recorder(delay_s=1.0)
     scheduler = BatchScheduler(BatchingParameters(max_batch_size=2, batch_timeout_micros=0, max_enqueued_batches=1,
-                                                  num_batch_threads=1), Recorder(delay_s=0.5))
+                                                  num_batch_threads=1), run)
     with pytest.raises(ServingError, match="Task size 3 is larger than maximum input batch size 2") as caught:
         scheduler.submit("serving_default", _images(b"a", b"b", b"c"))
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    # One batch runs (0.5 s), one waits in the queue (max_enqueued_batches=1): the third is refused.
-    results = _submit_together(scheduler, [("serving_default", _images(b"a", b"b"))] * 3)
+    # One batch runs (1 s), the next waits in the queue (max_enqueued_batches=1): a third is refused.
+    first = threading.Thread(target=scheduler.submit, args=("serving_default", _images(b"a", b"b")))
+    first.start()
+    assert run.running.wait(10)
+    results = _submit_together(scheduler, [("serving_default", _images(b"c", b"d"))] * 2)
+    first.join()
     scheduler.stop()
     refused = [r for r in results if isinstance(r, ServingError)]
     assert len(refused) == 1 and refused[0].code == grpc.StatusCode.UNAVAILABLE
@@ -103,7 +110,7 @@ def test_oversized_requests_and_a_full_queue_are_refused():
 
 def test_score_tags_requests_batch_only_with_identical_tag_vectors():
     run = Recorder()
-    scheduler = BatchScheduler(BatchingParameters(max_batch_size=16, batch_timeout_micros=300_000, num_batch_threads=2),
+    scheduler = BatchScheduler(BatchingParameters(max_batch_size=16, batch_timeout_micros=1_000_000, num_batch_threads=2),
                                run)
     ones, twos = np.ones((3, 4), np.float32), np.full((3, 4), 2.0, np.float32)
     requests = [("score_tags", {"images": np.array([b"ab"], dtype=object), "tag_vectors": v})
@@ -116,7 +123,7 @@ def test_score_tags_requests_batch_only_with_identical_tag_vectors():
 
 def test_a_failing_batch_is_rerun_so_only_the_bad_request_fails():
     run = Recorder()
-    scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=300_000, num_batch_threads=1),
+    scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=1_000_000, num_batch_threads=1),
                                run)
     results = _submit_together(scheduler, [("serving_default", _images(b"good")), ("serving_default", _images(b"bad")),
                                            ("serving_default", _images(b"fine", b"ok"))])
