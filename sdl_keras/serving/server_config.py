@@ -161,7 +161,9 @@ def read_monitoring_config(path):
 @dataclasses.dataclass(frozen=True)
 class BatchingParameters:
     """TF Serving's BatchingParameters with its defaults (BasicBatchScheduler::Options)
-    for the fields a file leaves out."""
+    for the fields a file leaves out. `pad_variable_length_inputs` is read and has nothing to
+    pad: only `images`, a vector of encoded images, is batched. `thread_pool_name` names the
+    batching metrics' pool."""
 
     max_batch_size: int = 1000
     batch_timeout_micros: int = 0
