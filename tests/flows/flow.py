@@ -165,7 +165,7 @@ class Flow:
         command = ["sdl_keras.serving.server", "--flagfile=configs/serve.flags", f"--model_name={name}",
                    f"--model_base_path={base}"]
         start = time.monotonic()
-        server = start_server_process(*command[1:], cwd=self.folder, env=testing.python_env())
+        server = start_server_process(*command[1:], rest=True, cwd=self.folder, env=testing.python_env())
         try:
             done = self.run("sdl_keras.serving.client", "--flagfile=configs/client.flags", f"--server={server.grpc}",
                             f"--model={name}", "--format=jsonl", *images)
