@@ -23,6 +23,7 @@ CROPS = ("none", "center")
 AGGREGATIONS = ("max", "l2")
 NORMALIZATIONS = ("official", "paper")
 VERBOSITY = ("auto", "0", "1", "2")
+EMPTY_TAGS = ("zero", "skip")  # how mAP counts a tag without a positive (sdl_keras.evaluation)
 
 
 def _field(default, help, choices=None):
@@ -143,6 +144,9 @@ class EvaluationConfig:
     eval_every: int = _field(1, "Run the zero-shot evaluation every N epochs (0 = never).")
     dashboard_images: int = _field(8, "Validation images shown with their top tags in TensorBoard.")
     ks: tuple = _field((3, 5), "K values of P/R/F1@K.")
+    empty_tags: str = _field(
+        "zero", "How mAP counts a test tag without a positive image: zero (AP 0, averaged over every evaluated "
+        "tag, as the official evaluation) or skip (left out of the mean). Recorded in results.json.", EMPTY_TAGS)
 
 
 SECTIONS = {

@@ -27,15 +27,20 @@ def score_batches(model, batches, tag_vectors, aggregation="max"):
     return np.concatenate(scores), np.concatenate(rows)
 
 
-def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, progress=True):
+def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, progress=True, empty_tags=None):
     """ZSL/GZSL figures of a run on its test split, beside a random ranker's.
 
+    `empty_tags` (default: the run's `evaluation.empty_tags`) is how mAP counts a tag
+    without a positive image (`evaluation.evaluate_scores`).
+
     Returns:
-        {"model": evaluate_scores(...), "random": evaluate_scores(random scores)}.
+        {"model": evaluate_scores(...), "random": evaluate_scores(random scores),
+         "settings": {"empty_tags": ...}}.
     """
     model, vocabulary, config = load_run(run_dir)
     data = config.data
     ks = tuple(ks or config.evaluation.ks)
+    empty_tags = empty_tags or config.evaluation.empty_tags
     batches, count = split_batches(
         dataset or data.dataset, source or data.test_source, "test", vocabulary.tags, vocabulary.unseen_tags,
         data.image_size, batch_size, data.crop,
@@ -48,11 +53,11 @@ def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, pro
         batches = _with_progress(batches, -(-count // batch_size))
     scores, _ = score_batches(model, batches, vocabulary.vectors, config.loss.aggregation)
     labels = np.concatenate(labels)
+    chance = evaluation.random_scores(scores.shape, seed=config.runtime.seed)
     return {
-        "model": evaluation.evaluate_scores(scores, labels, vocabulary.unseen, ks),
-        "random": evaluation.evaluate_scores(
-            evaluation.random_scores(scores.shape, seed=config.runtime.seed), labels, vocabulary.unseen, ks
-        ),
+        "model": evaluation.evaluate_scores(scores, labels, vocabulary.unseen, ks, empty_tags),
+        "random": evaluation.evaluate_scores(chance, labels, vocabulary.unseen, ks, empty_tags),
+        "settings": {"empty_tags": empty_tags},
     }
 
 
