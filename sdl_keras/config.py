@@ -20,6 +20,8 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 XLA_MODES = ("auto", "jit", "auto_clustering", "off")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 CROPS = ("none", "center")
+DECODE_MODES = ("fast", "pil_bilinear", "pil_bicubic")  # pipelines.decode.MODES
+COCO_TEST_FILES = ("instances", "restricted")  # pipelines.readers.coco.TEST_FILES
 AGGREGATIONS = ("max", "l2")
 NORMALIZATIONS = ("official", "paper")
 VERBOSITY = ("auto", "0", "1", "2")
@@ -46,19 +48,47 @@ class DataConfig:
         "(its train-*.tfrecord shards) or a glob of shards.")
     test_source: str = _field(
         "", "Test data (used by sdl_keras.evaluate): a manifest file or a dataset root folder; for tfrecord, "
-        "the records folder (its test-*.tfrecord shards) or a glob of shards.")
+        "the records folder (its test-*.tfrecord shards) or a glob of shards. The GZSL figures come from it, "
+        "and the ZSL ones too unless zsl_test_source is set.")
+    zsl_test_source: str = _field(
+        "", "Separate ZSL test data, as the official COCO code evaluates (val_unseen.json beside the GZSL "
+        "test_source val_17_48.json); empty = the ZSL figures come from test_source's images with an unseen "
+        "positive.")
+    test_image_ids: str = _field(
+        "", "A file of image ids, one per line: the test split(s) keep only these images (COCO: the paper's "
+        "6,608 test images, Bansal et al.'s list); an id the split lacks is an error.")
+    coco_test_files: str = _field(
+        "instances", "COCO test files: instances (instances_val2014.json; test images are those with a seen and an "
+        "unseen object) or restricted (COCO-format files already restricted to one test set, as the official "
+        "code reads them: every image they annotate is a test image).", COCO_TEST_FILES)
     strict: bool = _field(
         False, "Stop with an error naming the first unreadable training image, instead of skipping and counting "
         "unreadable images (the count is logged each epoch).")
     tags: str = _field("", "Tag list file, one tag per line (seen and unseen).")
     word_vectors: str = _field("", "Vectors: .vec/.txt/.bin word vectors, .npy/.npz, or official pickles.")
+    word_vector_tags: str = _field(
+        "", "The tag list the rows of an .npy --word_vectors follow, when it is not --tags: rows are picked by "
+        "tag name (COCO: classes.txt, the 80 categories of the official wordvec_array, for the split's tags).")
     unseen_tags: str = _field("", "File listing the unseen (zero-shot) tags, one per line.")
     allow_pickle: bool = _field(False, "Allow reading pickled vector files (unpickling runs code: trusted files only).")
     image_size: int = _field(224, "Images are decoded and resized to this square size (the model's input).")
     crop: str = _field(
         "none", "How images are fitted to the square: none (resize the whole image, as the official code) or "
         "center (the central square). Training, evaluation, export and serving all decode this way.", CROPS)
+    decode_mode: str = _field(
+        "fast", "How images are decoded and resized (pipelines/decode.py), by training, evaluation, export and "
+        "serving alike: fast (libjpeg's fast DCT at reduced scale, bilinear), pil_bilinear (accurate DCT, "
+        "antialiased bilinear: PIL's Image.resize(BILINEAR), the official train.py's torchvision Resize) or "
+        "pil_bicubic (the same, bicubic: Image.resize's default, the official infer.py).", DECODE_MODES)
     batch_size: int = _field(192, "Global batch size (split over the replicas of a strategy).")
+
+    def test_split_options(self):
+        """What a test split is read with beyond its source (`pipelines.splits.split_batches`):
+        the image ids it keeps and the reader's own options."""
+        options = {"image_ids": self.test_image_ids or None}
+        if self.dataset == "coco":
+            options["test_files"] = self.coco_test_files
+        return options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +223,9 @@ class TrainConfig:
             raise ValueError(f"ema_momentum must be in (0, 1) or None, got {self.optimizer.ema_momentum}.")
         if self.runtime.backup_steps is not None and self.runtime.backup_steps < 1:
             raise ValueError(f"backup_steps must be >= 1 or None, got {self.runtime.backup_steps}.")
+        if self.data.coco_test_files != "instances" and self.data.dataset != "coco":
+            raise ValueError(f"coco_test_files={self.data.coco_test_files!r} is for dataset coco, not "
+                             f"{self.data.dataset!r}.")
         if self.data.image_size < 1 or self.data.batch_size < 1:
             raise ValueError(f"image_size and batch_size must be >= 1, got {self.data.image_size}, "
                              f"{self.data.batch_size}.")
