@@ -4,8 +4,15 @@ config.json. Plain dataclasses: no Keras, no TensorFlow.
 
 A `TrainConfig` is nested by concern (data, model, loss, optimizer, runtime,
 evaluation); each field carries its command-line help beside it. Field names are
-unique across the sections, so the command line stays flat (`--num_rows`, `--augment`,
+unique across the sections, so the command line stays flat (`--num_rows`, `--augmentation`,
 `--output_dir`, ...): `TrainConfig.from_flat`, `flat` and `replace` translate.
+
+The defaults are the official recipe where the paper's text and the official train.py
+agree or where only the code says (README, "The official recipe"): a bias-free
+MatrixHead initialised as torch's `Linear`, weight decay on kernels only, a one-cycle
+cosine schedule as torch's `OneCycleLR(pct_start=0.1)`, no EMA. The paper configs
+(configs/nus_wide.flags, coco.flags, open_images.flags) add the official augmentation
+and momentum cycling.
 """
 
 import dataclasses
@@ -25,6 +32,8 @@ COCO_TEST_FILES = ("instances", "restricted")  # pipelines.readers.coco.TEST_FIL
 AGGREGATIONS = ("max", "l2")
 NORMALIZATIONS = ("official", "paper")
 VERBOSITY = ("auto", "0", "1", "2")
+AUGMENTATIONS = ("none", "official", "crop_flip_cutout")  # sdl_keras.layers.augmentation.RECIPES
+WEIGHT_DECAY_MODES = ("decoupled", "coupled")
 EMPTY_TAGS = ("zero", "skip")  # how mAP counts a tag without a positive (sdl_keras.evaluation)
 
 
@@ -101,8 +110,16 @@ class ModelConfig:
     backbone_weights: Optional[str] = _field(None, "Backbone weights: a file, 'imagenet', or none.")
     num_rows: int = _field(7, "M, principal directions per image (1 = Fast0Tag).")
     dropout: float = _field(0.0, "Dropout rate on the pooled features.")
-    augment: bool = _field(False, "Training augmentation in the model: random resized crop, flip, Cutout.")
-    cutout_rate: float = _field(0.5, "Probability of Cutout per image (0.5 in the paper).")
+    augmentation: str = _field(
+        "none", "Training augmentation in the model: official (the official train.py: Cutout on every image, "
+        "half the height and width, a random fill colour, then RandAugment; no crop or flip), crop_flip_cutout "
+        "(random resized crop, horizontal flip, Cutout with probability 0.5, the paper's text), or none.",
+        AUGMENTATIONS)
+    cutout_rate: Optional[float] = _field(
+        None, "Probability of Cutout per image; none = the recipe's: 1 for official, 0.5 for crop_flip_cutout.")
+    head_bias: bool = _field(
+        False, "Give the MatrixHead a bias; the official head is a bias-free torch Linear (and this one is "
+        "initialised as it: U(-1/sqrt(F), 1/sqrt(F)) for F features).")
     conse_top_t: int = _field(10, "CONSE: T, the top seen tags whose vectors embed an image (10 in the paper).")
     semantic_softmax_l2: float = _field(
         0.1, "Semantic Softmax: weight of the L2 constraint between features and prototypes.")
@@ -132,11 +149,24 @@ class OptimizerConfig:
     steps_per_epoch: Optional[int] = _field(
         None, "Steps per epoch; none = the training images / batch_size (tfrecord: the records counted at "
         "conversion).")
-    learning_rate: float = _field(1e-4, "Maximum learning rate of the one-cycle cosine schedule.")
-    weight_decay: float = _field(3e-4, "AdamW's decoupled weight decay (not on biases and BatchNorm).")
-    warmup_fraction: float = _field(0.2, "Fraction of the steps warming the learning rate up to its maximum.")
+    learning_rate: float = _field(
+        1e-4, "Maximum learning rate of the one-cycle cosine schedule (torch's OneCycleLR max_lr: from lr/25 "
+        "up, then down to lr/25/1e4).")
+    weight_decay: float = _field(
+        3e-4, "Weight decay on kernels only, not on biases or normalization parameters (the official "
+        "add_weight_decay).")
+    weight_decay_mode: str = _field(
+        "decoupled", "decoupled (AdamW's 'true weight decay', the paper's text) or coupled (an L2 term in Adam's "
+        "gradient, what the official torch.optim.Adam(add_weight_decay(...)) computes).", WEIGHT_DECAY_MODES)
+    warmup_fraction: float = _field(
+        0.1, "Fraction of the steps of the cosine warm-up to the maximum learning rate (OneCycleLR's pct_start; "
+        "0.1 in the official train.py).")
+    cycle_momentum: bool = _field(
+        False, "Cycle Adam's beta_1 inversely to the learning rate, 0.95 -> 0.85 -> 0.95 (OneCycleLR's "
+        "cycle_momentum, on by default in torch and so in the official train.py).")
     ema_momentum: Optional[float] = _field(
-        None, "Keep an EMA of the weights with this momentum (e.g. 0.9997); evaluated and saved.")
+        None, "Keep an EMA of the weights with this momentum (e.g. 0.9997); evaluated and saved. The official "
+        "code leaves its EMA off ('not used in the paper').")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,12 +306,14 @@ class TrainConfig:
             flat = {}
             for section, fields in values.items():
                 names = {f.name for f in dataclasses.fields(SECTIONS[section])}
-                unknown = sorted(set(fields) - names)
+                unknown = sorted(set(fields) - names - {"augment"})
                 if unknown:
                     raise KeyError(f"{source}: unknown key(s) {unknown} in section {section!r}.")
                 flat.update(fields)
         else:
             flat = dict(values)
+        if isinstance(flat.get("augment"), bool):  # runs written before `augmentation` named the recipe
+            flat["augmentation"] = "crop_flip_cutout" if flat.pop("augment") else "none"
         try:
             return cls.from_flat(**flat)
         except KeyError as error:

@@ -32,6 +32,7 @@ official `CocoDetection` takes `imgToAnns`' images), labelled by its annotations
 import json
 import logging
 import os
+import re
 
 import numpy as np
 
@@ -81,11 +82,14 @@ def zero_shot_vocabulary(split_path, class_names=None):
     return tags, unseen
 
 
-def default_images_dir(annotations):
-    """ROOT/annotations/instances_train2014.json -> ROOT/train2014."""
+def default_images_dir(annotations, file_name=None):
+    """ROOT/annotations/instances_train2014.json -> ROOT/train2014; a file with another name
+    (the official val_17_48.json) -> the folder its images' COCO names give
+    ("COCO_val2014_000000000042.jpg" -> ROOT/val2014), else ROOT/<its name>."""
     stem = os.path.splitext(os.path.basename(annotations))[0]
     name = stem.split("_", 1)[1] if stem.startswith("instances_") else stem
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(annotations))), name)
+    match = None if stem.startswith("instances_") else re.fullmatch(r"COCO_([A-Za-z]+\d*)_\d+\.\w+", file_name or "")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(annotations))), match[1] if match else name)
 
 
 def _load_instances(path):
@@ -154,7 +158,8 @@ def read_coco(annotations, split, tags, unseen_tags, images_dir=None, image_ids=
                 f"{annotations}: annotation #{k} lacks an integer image_id or category_id: {entry}"
             ) from None
     wanted = None if image_ids is None else {int(i) for i in image_ids}
-    folder = images_dir or default_images_dir(annotations)
+    first = data["images"][0]["file_name"] if data["images"] else None
+    folder = images_dir or default_images_dir(annotations, first)
     paths, ids, rows = [], [], []
     for entry in sorted(data["images"], key=lambda e: int(e["id"])):
         image_id = int(entry["id"])
