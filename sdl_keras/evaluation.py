@@ -179,8 +179,13 @@ def format_table(rows, ks=(3, 5)):
     """The paper's Table 1 layout: one line per (method, ZSL/GZSL) with P/R/F1 at each K and mAP.
 
     Args:
-        rows: mapping method name -> `evaluate_scores` result.
+        rows: mapping method name -> `evaluate_scores` result (a figure it lacks, such as
+            the mAP the paper does not report for COCO, prints as "-").
     """
+
+    def cell(result, key):
+        return f"{result[key]:.1f}" if key in result else "-"
+
     header = ["Method", "Task"]
     for k in ks:
         header += [f"P@{k}", f"R@{k}", f"F1@{k}"]
@@ -190,8 +195,8 @@ def format_table(rows, ks=(3, 5)):
         for task in ("zsl", "gzsl"):
             line = [method, task.upper()]
             for k in ks:
-                line += [f"{result[f'{task}/{m}@{k}']:.1f}" for m in ("P", "R", "F1")]
-            line.append(f"{result[f'{task}/mAP']:.1f}")
+                line += [cell(result, f"{task}/{m}@{k}") for m in ("P", "R", "F1")]
+            line.append(cell(result, f"{task}/mAP"))
             lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     rule = "-+-".join("-" * w for w in widths)

@@ -29,14 +29,19 @@ def _jpeg(path, seed):
     Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(path, "JPEG")
 
 
-def _instances(images, keep_classes):
+# image id -> its objects in train2014: seen objects only but 26 (with an unseen dog), 27 (none).
+TRAIN_OBJECTS = {21: ["person"], 22: ["car", "person"], 23: ["bowl"], 24: ["person", "traffic light"],
+                 25: ["car"], 26: ["person", "dog"], 27: [], 28: ["bowl", "car"], 29: ["person", "bowl"]}
+
+
+def _instances(images, keep_classes, objects=OBJECTS, folder="val2014"):
     return {
         "info": {"description": "fixture"},
-        "images": [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg", "width": 32, "height": 24} for i in images],
+        "images": [{"id": i, "file_name": f"COCO_{folder}_{i:012d}.jpg", "width": 32, "height": 24} for i in images],
         "annotations": [
             {"id": 100 * i + k, "image_id": i, "category_id": CATEGORY_IDS[c], "bbox": [0, 0, 4, 4], "area": 16.0,
              "iscrowd": 0}
-            for i in images for k, c in enumerate(OBJECTS[i]) if c in keep_classes
+            for i in images for k, c in enumerate(objects[i]) if c in keep_classes
         ],
         "categories": [{"id": CATEGORY_IDS[c], "name": c, "supercategory": "x"} for c in CLASSES],
     }
@@ -66,3 +71,24 @@ def write_coco_val(root):
             json.dump(data, f)
     tags = [c for c in CLASSES if c in SEEN + UNSEEN]
     return paths, tags
+
+
+def write_coco_data_dir(data_dir, dim=8):
+    """DATA_DIR/coco laid out as configs/coco.flags names it under /path/to: train2014 and
+    val2014 images and annotations (the official restricted test files), lists/tags.txt and
+    unseen_tags.txt (the split's tags in category order), classes.txt and word_vectors.npy
+    (one random row per class, as the official 80-row vectors). Returns the val files' paths."""
+    root = os.path.join(data_dir, "coco")
+    paths, tags = write_coco_val(root)
+    os.makedirs(os.path.join(root, "train2014"), exist_ok=True)
+    for i in TRAIN_OBJECTS:
+        _jpeg(os.path.join(root, "train2014", f"COCO_train2014_{i:012d}.jpg"), seed=i)
+    with open(os.path.join(root, "annotations", "instances_train2014.json"), "w") as f:
+        json.dump(_instances(sorted(TRAIN_OBJECTS), set(CLASSES), TRAIN_OBJECTS, "train2014"), f)
+    os.makedirs(os.path.join(root, "lists"), exist_ok=True)
+    for name, lines in (("lists/tags.txt", tags), ("lists/unseen_tags.txt", UNSEEN), ("classes.txt", CLASSES)):
+        with open(os.path.join(root, name), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    np.save(os.path.join(root, "word_vectors.npy"),
+            np.random.default_rng(5).standard_normal((len(CLASSES), dim)).astype("float32"))
+    return paths
