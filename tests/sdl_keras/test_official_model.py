@@ -29,7 +29,9 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from pipelines.decode import decode_images
 from pipelines.text import read_lines
+from sdl_keras.inference import evaluate_run
 from sdl_keras.models import tresnet
+from sdl_keras.retrieval.encoding import KerasEncoder
 from sdl_keras.run_dir import RunDirectory
 from sdl_keras.scoring import tag_scores
 from sdl_keras.serving.load import start_server_process
@@ -106,6 +108,25 @@ def test_the_export_scores_as_the_converted_model_and_tag_writes_them(official):
     assert all({"image", "tags", "scores"} <= set(r) for r in records)
     assert [r["tags"] for r in records] == expected_tags
     np.testing.assert_allclose([r["scores"] for r in records], top_scores.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_and_search_read_the_converted_run(official, tmp_path):
+    """`evaluate` and `search build --run_dir` read the run as a training run (its decoding
+    included): here in-process, through the libraries the commands call."""
+    run = official["run"]
+    model, vocabulary, _ = run.load()
+    pixels = decode_images(tf.constant(official["images"]), SIZE, "none", "pil_bicubic")
+    np.testing.assert_allclose(KerasEncoder(run.path)(official["images"]), model.predict(pixels, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    manifest = tmp_path / "photos.jsonl"
+    photos = testing.shared_path("reference", "images")
+    with open(manifest, "w") as f:
+        for i, name in enumerate(official["names"]):
+            f.write(json.dumps({"image": os.path.join(photos, name), "tags": [["sky", "clouds"], ["water"]][i % 2]})
+                    + "\n")
+    results = evaluate_run(run.path, dataset="manifest", source=str(manifest), progress=False)
+    assert results["model"]["gzsl/num_images"] == 6 and 0.0 <= results["model"]["gzsl/mAP"] <= 100.0
+    assert results["settings"]["empty_tags"] == "zero"
 
 
 def test_the_real_server_returns_the_same_top_tags_over_grpc(official):
