@@ -77,15 +77,20 @@ def official(tmp_path_factory):
             "names": names, "body": body, "embedding": embedding}
 
 
-def test_convert_writes_a_run_directory_that_decodes_as_infer_py(official):
-    run = official["run"]
-    assert run.missing() == []
-    model, vocabulary, config = run.load()
+@pytest.fixture(scope="module")
+def converted(official):
+    """(model, vocabulary, config) of the converted run, and the photos decoded as infer.py."""
+    pixels = decode_images(tf.constant(official["images"]), SIZE, "none", "pil_bicubic").numpy()
+    return (*official["run"].load(), pixels)
+
+
+def test_convert_writes_a_run_directory_that_decodes_as_infer_py(official, converted):
+    assert official["run"].missing() == []
+    model, vocabulary, config, pixels = converted
     assert config.data.decode_mode == "pil_bicubic" and config.data.crop == "none"  # the official infer.py's
     assert (config.model.backbone, config.model.num_rows, config.data.image_size) == ("tresnet_m", ROWS, SIZE)
     assert len(vocabulary) == 1006 and len(vocabulary.unseen) == 81
     # The converted model is the official one: embedding(global_avg_pool(body(x))), viewed (d, M).
-    pixels = decode_images(tf.constant(official["images"]), SIZE, "none", "pil_bicubic").numpy()
     features = keras.Model(official["body"].input, official["body"].get_layer("head.global_pool").output)
     flat = features.predict(pixels / 255.0, verbose=0) @ official["embedding"].T
     expected = flat.reshape(-1, DIM, ROWS).transpose(0, 2, 1)
@@ -93,9 +98,8 @@ def test_convert_writes_a_run_directory_that_decodes_as_infer_py(official):
     np.testing.assert_allclose(matrices, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-def test_the_export_scores_as_the_converted_model_and_tag_writes_them(official):
-    model, vocabulary, _ = official["run"].load()
-    pixels = decode_images(tf.constant(official["images"]), SIZE, "none", "pil_bicubic")
+def test_the_export_scores_as_the_converted_model_and_tag_writes_them(official, converted):
+    model, vocabulary, _, pixels = converted
     scores, _ = tag_scores(model.predict(pixels, verbose=0), vocabulary.vectors)
     top_scores, top = tf.math.top_k(keras.ops.convert_to_numpy(scores), k=10)
     expected_tags = [[vocabulary.tags[i] for i in row] for row in top.numpy()]
@@ -110,12 +114,11 @@ def test_the_export_scores_as_the_converted_model_and_tag_writes_them(official):
     np.testing.assert_allclose([r["scores"] for r in records], top_scores.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_evaluate_and_search_read_the_converted_run(official, tmp_path):
+def test_evaluate_and_search_read_the_converted_run(official, converted, tmp_path):
     """`evaluate` and `search build --run_dir` read the run as a training run (its decoding
     included): here in-process, through the libraries the commands call."""
     run = official["run"]
-    model, vocabulary, _ = run.load()
-    pixels = decode_images(tf.constant(official["images"]), SIZE, "none", "pil_bicubic")
+    model, _, _, pixels = converted
     np.testing.assert_allclose(KerasEncoder(run.path)(official["images"]), model.predict(pixels, verbose=0),
                                rtol=1e-5, atol=1e-6)
     manifest = tmp_path / "photos.jsonl"
