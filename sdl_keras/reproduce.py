@@ -18,7 +18,8 @@ FLAGS = flags.FLAGS
 def define_flags():
     flags.DEFINE_enum("dataset", None, ["nus_wide", "coco", "open_images"], "The paper's dataset to reproduce.")
     flags.DEFINE_string("data_dir", None, "The folder that replaces /path/to in the paper config's paths.")
-    flags.DEFINE_string("config", None, "Another paper flagfile (default: configs/DATASET.flags).")
+    flags.DEFINE_string("config", None, "Another paper flagfile (default: configs/DATASET.flags, from the "
+                        "working directory: the repository's root).")
     flags.DEFINE_list("overrides", [], "More training flags: --overrides=--epochs=2,--output_dir=runs/mine.")
     flags.mark_flag_as_required("dataset")
 

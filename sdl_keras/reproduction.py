@@ -17,8 +17,8 @@ from sdl_keras import evaluation, experiments, inference, paper
 from sdl_keras.run_dir import RunDirectory
 
 PLACEHOLDER = "/path/to"
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-PAPER_CONFIGS = {dataset: os.path.join(CONFIGS, f"{dataset}.flags") for dataset in ("nus_wide", "coco", "open_images")}
+# Relative to the working directory, as every command's flagfile: the repository's root.
+PAPER_CONFIGS = {dataset: os.path.join("configs", f"{dataset}.flags") for dataset in ("nus_wide", "coco", "open_images")}
 
 
 def paper_config(dataset, data_dir=None, overrides=(), flagfile=None):
