@@ -234,6 +234,7 @@ def tfrecord_dataset(
     crop="none",
     shuffle_buffer=8192,
     input_context=None,
+    decode_mode="fast",
 ):
     """Batches of (uint8 images (B, S, S, 3), float32 labels (B, C) with -1 unknowns) from
     TFRecord shards (pipelines.tfrecord; `file_pattern` a glob or a list of files).
@@ -248,7 +249,7 @@ def tfrecord_dataset(
     the per-replica batch size and the `input_context`, which splits the shards
     between input pipelines (see `distribute`).
     """
-    check_crop(crop)
+    check_crop(crop, decode_mode)
     files = sorted(tf.io.gfile.glob(file_pattern)) if isinstance(file_pattern, str) else list(file_pattern)
     if not files:
         raise FileNotFoundError(f"No TFRecord files match {file_pattern!r}.")
@@ -275,7 +276,7 @@ def tfrecord_dataset(
 
     def decode(serialized):
         image, labels, _ = parse_example(serialized, num_classes)
-        return decode_resize(image, image_size, crop), labels
+        return decode_resize(image, image_size, crop, decode_mode), labels
 
     dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
@@ -292,6 +293,7 @@ def training_dataset(
     seed=None,
     strategy=None,
     crop="none",
+    decode_mode="fast",
 ):
     """Repeated, shuffled batches of (uint8 images, float32 labels over the seen tags) from
     the records; under a strategy with several replicas (or workers), a distributed
@@ -335,6 +337,7 @@ def training_dataset(
             drop_remainder=True,
             crop=crop,
             input_context=input_context,
+            decode_mode=decode_mode,
         )
         return dataset.map(select, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -343,7 +346,8 @@ def training_dataset(
     return distribute(strategy, global_batch_size, build)
 
 
-def evaluation_batches(records, image_size, batch_size, crop="none"):
+def evaluation_batches(records, image_size, batch_size, crop="none", decode_mode="fast"):
     """One pass, in order, over the records: batches of (uint8 images, float32 labels over
     every tag, -1 unknown)."""
-    return tfrecord_dataset(records.files, records.num_classes, image_size, batch_size, crop=crop)
+    return tfrecord_dataset(records.files, records.num_classes, image_size, batch_size, crop=crop,
+                            decode_mode=decode_mode)

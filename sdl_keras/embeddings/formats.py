@@ -4,7 +4,7 @@ Formats `load_tag_vectors` reads, chosen by file suffix (or `fmt=`):
   .vec  FastText text, a "count dim" header line then "word v1 ... vd" lines
   .txt  GloVe text, the same lines without a header
   .bin  word2vec binary ("count dim\\n", then "word " + d float32 per word)
-  .npy  a (C, d) array whose rows follow `tags`
+  .npy  a (C, d) array whose rows follow `tags` (or `row_tags`, picked by name)
   .npz  arrays "tags" (C,) and "vectors" (C, d); rows are picked by tag name
   .pickle / .pkl  the official ZS_SDL `wordvec_array.pickle`: a d x C array (or a
         dict holding one, 1 x d x C for COCO), columns following `tags`; only with
@@ -143,7 +143,19 @@ def _from_array(array, tags, path, tags_along_columns=False):
     return array
 
 
-def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missing="error"):
+def _pick_rows(array, row_tags, tags, path, on_missing):
+    """The rows of `array` (row i = row_tags[i]) for `tags`, matched ignoring case and '_'."""
+    if array.shape[0] != len(row_tags):
+        raise ValueError(f"{path}: {array.shape[0]} vectors for the {len(row_tags)} tags their rows follow.")
+    key = lambda tag: " ".join(tag.replace("_", " ").lower().split())  # noqa: E731
+    index = {key(t): i for i, t in enumerate(row_tags)}
+    missing = {t: [t] for t in tags if key(t) not in index}
+    picked = np.stack([array[index[key(t)]] if key(t) in index else np.zeros(array.shape[1], np.float32)
+                       for t in tags]) if tags else np.zeros((0, array.shape[1]), np.float32)
+    return _resolve_missing(tags, picked, missing, path, on_missing)
+
+
+def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missing="error", row_tags=None):
     """Loads l2-normalized vectors for `tags`.
 
     Args:
@@ -154,6 +166,8 @@ def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missin
         allow_pickle: must be True to read official ZS_SDL pickles.
         on_missing: "error" raises a KeyError listing every tag without a vector;
             "skip" drops them with a warning (the returned tags say which remain).
+        row_tags: for .npy, the tags its rows follow when they are not `tags` (e.g.
+            COCO's 80 classes); the rows of `tags` are picked by name.
 
     Returns:
         (tags, vectors): the tag list actually covered, and a (C, d) float32 array.
@@ -164,6 +178,8 @@ def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missin
         raise FileNotFoundError(f"Tag-vector file not found: {path}")
     fmt = _format_of(path, fmt)
     tags = None if tags is None else [str(t) for t in tags]
+    if row_tags is not None and fmt != "npy":
+        raise ValueError(f"{path}: a list of the tags the rows follow is for .npy vectors, not .{fmt}.")
 
     if fmt in ("vec", "txt", "bin"):
         if tags is None:
@@ -191,6 +207,10 @@ def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missin
     if fmt == "npy":
         if tags is None:
             raise ValueError(f"{path} holds only an array: pass the tag list its rows follow.")
+        if row_tags is not None:
+            array = _from_array(np.load(path, allow_pickle=False), None, path)
+            tags, picked = _pick_rows(array, [str(t) for t in row_tags], tags, path, on_missing)
+            return tags, l2_normalize(picked)
         return tags, l2_normalize(_from_array(np.load(path, allow_pickle=False), tags, path))
 
     if fmt == "npz":

@@ -44,12 +44,16 @@ class TagVocabulary:
         return cls(tags, vectors, [index[t] for t in unseen_tags])
 
     @classmethod
-    def from_files(cls, tags_path, vectors_path, unseen_path=None, allow_pickle=False, on_missing="error"):
+    def from_files(cls, tags_path, vectors_path, unseen_path=None, allow_pickle=False, on_missing="error",
+                   vector_tags=None):
         """A vocabulary from a tag list file (one tag per line), a vector file (any
-        `load_tag_vectors` format) and an optional file of unseen tags."""
+        `load_tag_vectors` format) and an optional file of unseen tags. `vector_tags` is a
+        tag list file that the rows of an .npy vector file follow, when they do not follow
+        `tags_path` (COCO's classes.txt for the official 80-row vectors)."""
         tags = read_lines(tags_path)
         kept, vectors = load_tag_vectors(
-            vectors_path, tags, allow_pickle=allow_pickle, on_missing=on_missing
+            vectors_path, tags, allow_pickle=allow_pickle, on_missing=on_missing,
+            row_tags=read_lines(vector_tags) if vector_tags else None,
         )
         unseen = read_lines(unseen_path) if unseen_path else []
         dropped = set(tags) - set(kept)

@@ -68,11 +68,11 @@ def check_model(model, vocabulary, source="the model"):
     return in_shape[1], out_shape[1], out_shape[2]
 
 
-def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="none"):
+def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="none", decode_mode="fast"):
     """A `keras.export.ExportArchive` holding the three SDL signatures (module docstring).
 
-    `aggregation` and `crop` must be the run's (its config.json): tags are scored and
-    images decoded as in training and evaluation.
+    `aggregation`, `crop` and `decode_mode` must be the run's (its config.json): tags are
+    scored and images decoded as in training and evaluation.
     """
     import keras
 
@@ -90,7 +90,7 @@ def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="n
     images_spec = tf.TensorSpec([None], tf.string, name="images")
 
     def matrix_of(images):
-        return model(decode_images(images, image_size, crop), training=False)
+        return model(decode_images(images, image_size, crop, decode_mode), training=False)
 
     def serving_default(images):
         scores, rows = tag_scores(matrix_of(images), vocabulary_vectors, aggregation)
@@ -237,6 +237,7 @@ def export_model(
     top_k=10,
     aggregation="max",
     crop="none",
+    decode_mode="fast",
     model_name=None,
     serving_base_path=None,
     num_versions=2,
@@ -259,7 +260,7 @@ def export_model(
     staging = os.path.join(base_path, f".exporting-{version}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        build_export_archive(model, vocabulary, top_k, aggregation, crop).write_out(staging, verbose=False)
+        build_export_archive(model, vocabulary, top_k, aggregation, crop, decode_mode).write_out(staging, verbose=False)
         bad = python_ops(staging)
         if bad:
             raise ValueError(f"The exported graph holds ops TF Serving cannot run: {bad}")
@@ -290,7 +291,8 @@ def export_run(run_dir, output_dir="saved_models", name=None, version=None, top_
     vocab = TagVocabulary.load(vocabulary) if vocabulary else run.vocabulary()
     check_model(model, vocab, source=checkpoint)
     name = name or run.name
-    settings = {"aggregation": config.loss.aggregation, "crop": config.data.crop}
+    settings = {"aggregation": config.loss.aggregation, "crop": config.data.crop,
+                "decode_mode": config.data.decode_mode}
     path = export_model(
         model, vocab, os.path.join(output_dir, name), version=version, top_k=top_k, model_name=name,
         serving_base_path=serving_base_path, num_versions=num_versions, **settings,
