@@ -4,7 +4,7 @@ config.json. Plain dataclasses: no Keras, no TensorFlow.
 
 A `TrainConfig` is nested by concern (data, model, loss, optimizer, runtime,
 evaluation); each field carries its command-line help beside it. Field names are
-unique across the sections, so the command line stays flat (`--num_rows`, `--augmentation`,
+unique across the sections, so the command line stays flat (`--num_rows`, `--augment`,
 `--output_dir`, ...): `TrainConfig.from_flat`, `flat` and `replace` translate.
 
 The defaults are the official recipe where the paper's text and the official train.py
@@ -32,7 +32,7 @@ COCO_TEST_FILES = ("instances", "restricted")  # pipelines.readers.coco.TEST_FIL
 AGGREGATIONS = ("max", "l2")
 NORMALIZATIONS = ("official", "paper")
 VERBOSITY = ("auto", "0", "1", "2")
-AUGMENTATIONS = ("none", "official", "crop_flip_cutout")  # sdl_keras.layers.augmentation.RECIPES
+AUGMENTATIONS = ("official", "crop_flip_cutout")  # sdl_keras.layers.augmentation.RECIPES
 WEIGHT_DECAY_MODES = ("decoupled", "coupled")
 EMPTY_TAGS = ("zero", "skip")  # how mAP counts a tag without a positive (sdl_keras.evaluation)
 
@@ -110,11 +110,11 @@ class ModelConfig:
     backbone_weights: Optional[str] = _field(None, "Backbone weights: a file, 'imagenet', or none.")
     num_rows: int = _field(7, "M, principal directions per image (1 = Fast0Tag).")
     dropout: float = _field(0.0, "Dropout rate on the pooled features.")
+    augment: bool = _field(False, "Augment the training images, in the model, as --augmentation says.")
     augmentation: str = _field(
-        "none", "Training augmentation in the model: official (the official train.py: Cutout on every image, "
-        "half the height and width, a random fill colour, then RandAugment; no crop or flip), crop_flip_cutout "
-        "(random resized crop, horizontal flip, Cutout with probability 0.5, the paper's text), or none.",
-        AUGMENTATIONS)
+        "official", "How --augment augments: official (the official train.py: Cutout on every image, half the "
+        "height and width, a random fill colour, then RandAugment; no crop or flip) or crop_flip_cutout (random "
+        "resized crop, horizontal flip, Cutout with probability 0.5: the paper's text).", AUGMENTATIONS)
     cutout_rate: Optional[float] = _field(
         None, "Probability of Cutout per image; none = the recipe's: 1 for official, 0.5 for crop_flip_cutout.")
     head_bias: bool = _field(
@@ -306,14 +306,14 @@ class TrainConfig:
             flat = {}
             for section, fields in values.items():
                 names = {f.name for f in dataclasses.fields(SECTIONS[section])}
-                unknown = sorted(set(fields) - names - {"augment"})
+                unknown = sorted(set(fields) - names)
                 if unknown:
                     raise KeyError(f"{source}: unknown key(s) {unknown} in section {section!r}.")
                 flat.update(fields)
         else:
             flat = dict(values)
-        if isinstance(flat.get("augment"), bool):  # runs written before `augmentation` named the recipe
-            flat["augmentation"] = "crop_flip_cutout" if flat.pop("augment") else "none"
+        if "augment" in flat and "augmentation" not in flat:  # runs from before the recipes: crop, flip, Cutout
+            flat["augmentation"] = "crop_flip_cutout"
         try:
             return cls.from_flat(**flat)
         except KeyError as error:

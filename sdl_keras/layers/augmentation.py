@@ -217,12 +217,10 @@ RECIPES = {
 
 
 def recipe_augmentation(recipe, cutout_rate=None, seed=None, name="augmentation"):
-    """The `Augmentation` of a named recipe (RECIPES), or None for "none"; `cutout_rate`
-    None is the recipe's own (1 for official, 0.5 for crop_flip_cutout)."""
-    if recipe == "none":
-        return None
+    """The `Augmentation` of a named recipe (RECIPES); `cutout_rate` None is the recipe's own
+    (1 for official, 0.5 for crop_flip_cutout)."""
     if recipe not in RECIPES:
-        raise ValueError(f"Unknown augmentation {recipe!r}; expected none or one of {sorted(RECIPES)}.")
+        raise ValueError(f"Unknown augmentation {recipe!r}; expected one of {sorted(RECIPES)}.")
     arguments, default_rate = RECIPES[recipe]
     rate = default_rate if cutout_rate is None else cutout_rate
     return Augmentation(cutout_rate=rate, cutout_size=0.5, seed=seed, name=name, **arguments)

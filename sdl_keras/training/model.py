@@ -71,7 +71,8 @@ def build_compiled_model(config, vocabulary, max_positives, total_steps, jit_com
     model_config, loss_config = config.model, config.loss
     jit_compile = config.runtime.jit_compile if jit_compile is None else jit_compile
     with precision_policy(config.runtime.precision):
-        augmentation = recipe_augmentation(model_config.augmentation, model_config.cutout_rate, config.runtime.seed)
+        augmentation = (recipe_augmentation(model_config.augmentation, model_config.cutout_rate, config.runtime.seed)
+                        if model_config.augment else None)
         model = build_sdl_model(
             backbone=model_config.backbone,
             num_rows=model_config.num_rows,

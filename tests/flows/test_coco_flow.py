@@ -51,7 +51,7 @@ def test_coco_flags(tmp_path):
     assert "COCO train: all 32 image files present" in train_log and "COCO test: all 16 image files present" in train_log
     config = run.config()
     assert config.data.dataset == "coco" and not config.data.allow_pickle
-    assert config.model.augment and config.model.cutout_rate == 0.5
+    assert config.model.augment and config.model.augmentation == "official" and config.model.cutout_rate is None
     assert config.model.num_rows == 2 and config.loss.reg_weight == 0.3
     assert config.optimizer.learning_rate == 1e-4 and config.optimizer.weight_decay == 3e-4
     assert config.evaluation.ks == (3,)

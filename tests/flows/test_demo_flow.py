@@ -33,7 +33,7 @@ def test_demo_flags_as_they_are(tmp_path):
 
 def test_demo_flags_with_augment(tmp_path):
     config = demo_path(tmp_path, "--augment")
-    assert config.model.augment and config.model.cutout_rate == 0.5
+    assert config.model.augment and config.model.augmentation == "official" and config.model.cutout_rate is None
     assert config.model.num_rows == 4 and config.loss.reg_weight == 0.3 and config.optimizer.learning_rate == 3e-3
 
 

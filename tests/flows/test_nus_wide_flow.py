@@ -28,7 +28,7 @@ def test_nus_wide_flags(tmp_path):
     assert "NUS-WIDE train: skipped 11 of 43 image files" in user.output("sdl_keras.train")
     config = run.config()
     assert config.data.dataset == "nus_wide" and not config.data.allow_pickle
-    assert config.model.augment and config.model.cutout_rate == 0.5
+    assert config.model.augment and config.model.augmentation == "official" and config.model.cutout_rate is None
     assert config.model.num_rows == 7 and config.loss.reg_weight == 0.3
     assert config.optimizer.learning_rate == 1e-4 and config.optimizer.weight_decay == 3e-4
     assert config.evaluation.ks == (3, 5)

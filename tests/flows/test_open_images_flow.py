@@ -67,7 +67,7 @@ def test_open_images_flags(tmp_path):
                          ["--tfrecords=open_images/records/test-*.tfrecord"], test_ids, UNSEEN_MIDS[3])
     config = run.config()
     assert config.data.dataset == "tfrecord" and not config.data.allow_pickle and config.loss.unknown_as_negative
-    assert config.model.augment and config.model.cutout_rate == 0.5
+    assert config.model.augment and config.model.augmentation == "official" and config.model.cutout_rate is None
     assert config.model.num_rows == 7 and config.loss.reg_weight == 0.3
     assert config.optimizer.learning_rate == 1e-4 and config.optimizer.weight_decay == 3e-4
     assert config.evaluation.ks == (10, 20)

@@ -13,8 +13,9 @@ from tests import testing
 
 
 def test_sections_and_flat_names():
-    config = TrainConfig.from_flat(num_rows=3, augmentation="official", output_dir="runs/x", reg_weight=None, ks=[1, 5])
-    assert (config.model.num_rows, config.model.augmentation, config.runtime.output_dir) == (3, "official", "runs/x")
+    config = TrainConfig.from_flat(num_rows=3, augment=True, output_dir="runs/x", reg_weight=None, ks=[1, 5])
+    assert (config.model.num_rows, config.model.augment, config.runtime.output_dir) == (3, True, "runs/x")
+    assert config.model.augmentation == "official"  # the recipe --augment applies
     assert config.loss.reg_weight is None and config.evaluation.ks == (1, 5)
     flat = config.flat()
     assert flat["num_rows"] == 3 and len(flat) == sum(len(dataclasses.fields(c)) for c in SECTIONS.values())
@@ -53,7 +54,7 @@ def test_flags_round_trip_through_the_command_line():
 
     flag_values = flags.FlagValues()
     cli.define_config_flags(TrainConfig, flag_values, aliases={"run_dir": "output_dir"})
-    flag_values(["train", "--num_rows=3", "--augmentation=none", "--run_dir=runs/alias", "--reg_weight=none", "--ks=1,3",
+    flag_values(["train", "--num_rows=3", "--noaugment", "--run_dir=runs/alias", "--reg_weight=none", "--ks=1,3",
                  "--crop=center"])
     config = cli.config_from_flags(TrainConfig, flag_values)
     assert (config.model.num_rows, config.runtime.output_dir, config.loss.reg_weight) == (3, "runs/alias", None)

@@ -102,7 +102,8 @@ def tiny_vocabulary():
 
 
 def augmentation_of(recipe, **overrides):
-    config = TrainConfig.from_flat(backbone="small_cnn", image_size=16, augmentation=recipe, seed=3, **overrides)
+    config = TrainConfig.from_flat(backbone="small_cnn", image_size=16, augment=True, augmentation=recipe, seed=3,
+                                   **overrides)
     model = build_compiled_model(config, tiny_vocabulary(), max_positives=2, total_steps=4, jit_compile=False)
     return model.get_layer("augmentation")
 
