@@ -242,6 +242,8 @@ class HttpServer:
         def close():
             self._draining = True
             self._accepting.cancel()
+            if self._sock.fileno() == -1:  # already closed: a drain then a stop both ask
+                return
             self._loop.remove_reader(self._sock)  # before the close: a pending accept must not see a closed socket
             self._sock.close()
             for task, state in list(self._connections.items()):
