@@ -145,6 +145,20 @@ def make_coco(root, classes, images, name="train2014", missing=(), image_size=(8
     return path
 
 
+def restrict_coco(instances, path, image_ids, classes):
+    """A COCO-format file restricted as the official test files are (val_17_48.json,
+    val_unseen.json): the images `image_ids` and only the objects of `classes`."""
+    with open(instances) as f:
+        data = json.load(f)
+    keep = {c["id"] for c in data["categories"] if c["name"] in set(classes)}
+    data["images"] = [image for image in data["images"] if image["id"] in set(image_ids)]
+    data["annotations"] = [a for a in data["annotations"]
+                           if a["image_id"] in set(image_ids) and a["category_id"] in keep]
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return path
+
+
 def coco_objects(seen, unseen, others, count, first_id, split, seed=0):
     """{image id: class names} for `count` images of a split, by the reader's rule: "train"
     images hold seen objects and none unseen, "test" images both; objects of `others`

@@ -22,7 +22,7 @@ from sdl_keras.training.callbacks import (
 )
 from sdl_keras.training.dashboards import TensorBoardDashboards, hparams_of
 from sdl_keras.training.data import load_vocabulary, training_data, validation_batches
-from sdl_keras.training.model import build_compiled_model, resolve
+from sdl_keras.training.model import augmentation_layers, build_compiled_model, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +112,9 @@ def train(config, callbacks=()):
     extra = [UnreadableImagesLogger(train_data.unreadable_images)] if train_data.unreadable_images else []
 
     xla_request = runtime.xla_mode if runtime.jit_compile else "off"
+    without_xla = distribute.layers_without_xla(augmentation_layers(config))
     with distribute.write_directory(runtime.output_dir, strategy) as write_dir, \
-            distribute.xla_mode(xla_request, strategy) as xla:
+            distribute.xla_mode(xla_request, strategy, without_xla) as xla:
         run = RunDirectory(write_dir)
         with strategy.scope():
             model = build_compiled_model(config, vocabulary, max_positives, steps * epochs, xla == "jit")

@@ -59,6 +59,14 @@ def precision_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
+def augmentation_layers(config):
+    """The layers in front of the model that augment training images: [] without --augment."""
+    model_config = config.model
+    if not model_config.augment:
+        return []
+    return [recipe_augmentation(model_config.augmentation, model_config.cutout_rate, config.runtime.seed)]
+
+
 def build_compiled_model(config, vocabulary, max_positives, total_steps, jit_compile=None):
     """The SDL model compiled with SDLLoss over the seen tags, SDLMetrics and LossParts.
 
@@ -71,15 +79,13 @@ def build_compiled_model(config, vocabulary, max_positives, total_steps, jit_com
     model_config, loss_config = config.model, config.loss
     jit_compile = config.runtime.jit_compile if jit_compile is None else jit_compile
     with precision_policy(config.runtime.precision):
-        augmentation = (recipe_augmentation(model_config.augmentation, model_config.cutout_rate, config.runtime.seed)
-                        if model_config.augment else None)
         model = build_sdl_model(
             backbone=model_config.backbone,
             num_rows=model_config.num_rows,
             embed_dim=vocabulary.dim,
             image_size=config.data.image_size,
             backbone_weights=model_config.backbone_weights,
-            augmentation=augmentation and [augmentation],
+            augmentation=augmentation_layers(config),
             dropout=model_config.dropout,
             head_bias=model_config.head_bias,
         )

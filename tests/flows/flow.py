@@ -163,7 +163,7 @@ class Flow:
         from sdl_keras.serving.load import start_server_process
 
         command = ["sdl_keras.serving.server", "--flagfile=configs/serve.flags", f"--model_name={name}",
-                   f"--model_base_path={base}"]
+                   f"--model_base_path={base}", f"--monitoring_config_file={base}/monitoring.config"]
         start = time.monotonic()
         server = start_server_process(*command[1:], rest=True, cwd=self.folder, env=testing.python_env())
         try:

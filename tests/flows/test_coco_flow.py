@@ -1,13 +1,16 @@
 """MS-COCO as a user runs it, one process per command: configs/coco.flags on instances JSON
 fixtures (train2014 and val2014, COCO's category ids) with a seen/unseen split file, the
-tag lists from `pipelines.to_tfrecord --vocabulary_only` as the flagfile's comments say,
-and a FastText .vec file, through train, evaluate, export, serving, tag and search."""
+official restricted test files (val_17_48.json for GZSL, val_unseen.json for ZSL), the tag
+lists from `pipelines.to_tfrecord --vocabulary_only` as the flagfile's comments say, and the
+official vectors' layout (an 80-row .npy following classes.txt), through train, evaluate,
+export, serving, tag and search."""
 
 import os
 
-from sdl_keras.embeddings import tag_words
+import numpy as np
+
 from tests import testing
-from tests.datasets import COCO_CLASSES, coco_objects, make_coco, write_word_vectors, write_zero_shot_split
+from tests.datasets import COCO_CLASSES, coco_objects, make_coco, restrict_coco, write_zero_shot_split
 from tests.flows import flow
 
 SEEN = ("person", "bicycle", "car", "bus", "bird", "dog", "horse", "cup", "chair", "pizza", "hot dog", "teddy bear")
@@ -27,10 +30,16 @@ def write_coco(user):
     make_coco(user.path("coco"), COCO_CLASSES, train, "train2014", image_size=SIZE)
     make_coco(user.path("coco"), COCO_CLASSES, val, "val2014", image_size=SIZE)
     write_zero_shot_split(user.path("coco", "split_12_4.json"), SEEN, UNSEEN)
-    os.makedirs(user.path("fasttext"))
-    words = [w for c in COCO_CLASSES for w in tag_words(c)] + ["the", "of", "and"]
-    write_word_vectors(user.path("fasttext", "wiki-news-300d-1M.vec"), words, dim=32)
-    return [os.path.join("coco", "val2014", f"COCO_val2014_{i:012d}.jpg") for i in sorted(val) if i < 601]
+    instances = user.path("coco", "annotations", "instances_val2014.json")
+    test_ids = [i for i in sorted(val) if i < 601]  # the seen-and-unseen images: the GZSL test set
+    restrict_coco(instances, user.path("coco", "annotations", "val_17_48.json"), test_ids, SEEN + UNSEEN)
+    unseen_ids = [i for i in sorted(val) if set(val[i]) & set(UNSEEN)]
+    restrict_coco(instances, user.path("coco", "annotations", "val_unseen.json"), unseen_ids, UNSEEN)
+    with open(user.path("coco", "classes.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(f"{c}\n" for c in COCO_CLASSES))
+    rng = np.random.default_rng(5)
+    np.save(user.path("coco", "word_vectors.npy"), rng.normal(size=(len(COCO_CLASSES), 32)).astype(np.float32))
+    return [os.path.join("coco", "val2014", f"COCO_val2014_{i:012d}.jpg") for i in test_ids]
 
 
 def test_coco_flags(tmp_path):
@@ -41,8 +50,9 @@ def test_coco_flags(tmp_path):
     assert "16 tags (4 unseen) listed in coco/lists/tags.txt" in done.stdout, done.stdout
     data = (
         "--train_source=coco/annotations/instances_train2014.json",
-        "--test_source=coco/annotations/instances_val2014.json", "--tags=coco/lists/tags.txt",
-        "--unseen_tags=coco/lists/unseen_tags.txt", "--word_vectors=fasttext/wiki-news-300d-1M.vec",
+        "--test_source=coco/annotations/val_17_48.json", "--zsl_test_source=coco/annotations/val_unseen.json",
+        "--tags=coco/lists/tags.txt", "--unseen_tags=coco/lists/unseen_tags.txt",
+        "--word_vectors=coco/word_vectors.npy", "--word_vector_tags=coco/classes.txt",
     )
     val_images = sorted(os.path.join("coco", "val2014", name) for name in os.listdir(user.path("coco", "val2014")))
     run = flow.user_path(user, "configs/coco.flags", "coco", data, test_images[:3], ["--images=coco/val2014"],

@@ -133,19 +133,18 @@ def test_evaluate_and_search_read_the_converted_run(official, converted, tmp_pat
 
 
 def test_the_real_server_returns_the_same_top_tags_over_grpc(official):
-    process, address, _ = start_server_process(os.path.join(official["saved_models"], "nus"))
+    server = start_server_process("--model_name=nus", f"--model_base_path={os.path.join(official['saved_models'], 'nus')}")
     try:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "nus"
         request.model_spec.signature_name = "serving_default"
         request.inputs["images"].CopyFrom(tf.make_tensor_proto([official["images"][0]], dtype=tf.string))
-        with grpc.insecure_channel(address) as channel:
+        with grpc.insecure_channel(server.grpc) as channel:
             response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=120)
         served = [t.decode() for t in tf.make_ndarray(response.outputs["tags"])[0]]
         assert served == official["records"][0]["tags"]
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        assert server.stop() == 0, server.log()
 
 
 if __name__ == "__main__":
