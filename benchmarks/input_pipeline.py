@@ -126,11 +126,17 @@ def main(argv):
                 shard_pattern(record_dir, "train"), labels.shape[1], IMAGE_SIZE, BATCH, repeat=True,
                 deterministic=False,
             )
+            record_set = records.open_record_set(record_dir, "train")
+            from_checked = records.tfrecord_dataset(
+                record_set, labels.shape[1], IMAGE_SIZE, BATCH, repeat=True, deterministic=False,
+                unreadable=records.UnreadableRecordCounter(record_set),
+            )
             # Each measures `images` images and returns (wall, per core).
             methods = {
                 "pil": lambda images: pil_process.apply(measure_pil, (paths, images)),
                 "tf files": lambda images: measure(lambda: (x for x, _ in from_files), images),
                 "tf records": lambda images: measure(lambda: (x for x, _ in from_records), images),
+                "tf records checked": lambda images: measure(lambda: (x for x, _ in from_checked), images),
             }
             for method in methods.values():  # warm-up: graph tracing, file cache
                 method(len(paths))

@@ -47,8 +47,8 @@ class DataConfig:
         "", "Test data (used by sdl_keras.evaluate): a manifest file or a dataset root folder; for tfrecord, "
         "the records folder (its test-*.tfrecord shards) or a glob of shards.")
     strict: bool = _field(
-        False, "Stop with an error naming the first unreadable training image, instead of skipping and counting "
-        "unreadable images (the count is logged each epoch).")
+        False, "Stop with an error naming the first unreadable training image (or, for tfrecord, damaged shard), "
+        "instead of skipping and counting them (the count is logged each epoch).")
     tags: str = _field("", "Tag list file, one tag per line (seen and unseen).")
     word_vectors: str = _field("", "Vectors: .vec/.txt/.bin word vectors, .npy/.npz, or official pickles.")
     unseen_tags: str = _field("", "File listing the unseen (zero-shot) tags, one per line.")

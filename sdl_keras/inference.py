@@ -5,6 +5,7 @@ import numpy as np
 
 from pipelines.progress import Progress
 from pipelines.splits import split_batches
+from pipelines.tfrecord.records import raising_unreadable_shards
 from sdl_keras import evaluation
 from sdl_keras.run_dir import RunDirectory
 from sdl_keras.scoring import tag_scores
@@ -46,7 +47,8 @@ def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, pro
     batches = _keeping_labels(batches, labels)
     if progress:
         batches = _with_progress(batches, -(-count // batch_size))
-    scores, _ = score_batches(model, batches, vocabulary.vectors, config.loss.aggregation)
+    with raising_unreadable_shards():
+        scores, _ = score_batches(model, batches, vocabulary.vectors, config.loss.aggregation)
     labels = np.concatenate(labels)
     return {
         "model": evaluation.evaluate_scores(scores, labels, vocabulary.unseen, ks),

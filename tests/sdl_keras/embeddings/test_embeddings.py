@@ -126,7 +126,7 @@ def test_non_finite_values_are_an_error_naming_the_file_line_and_word(tmp_path, 
     assert str(error.value) == f"{path}:3: word 'red' has non-finite values ({found})."
     # The same in GloVe text and word2vec binary files.
     glove = vec_file(tmp_path / "words.txt", ["hot 1 0 0", f"red 0.5 {value} 1"], header=None)
-    with pytest.raises(ValueError, match=rf"words.txt:2: word 'red' has non-finite values"):
+    with pytest.raises(ValueError, match=r"words.txt:2: word 'red' has non-finite values"):
         load_tag_vectors(glove, ["red"])
     binary = tmp_path / "words.bin"
     with np.errstate(over="ignore"):
