@@ -12,9 +12,11 @@ import sys
 
 from absl import app
 
-# Errors that mean bad input (a missing file, an unknown tag, a bad value): the message is
-# what the user needs, the traceback is not. SDL_KERAS_TRACEBACK=1 shows it anyway.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+# Errors that mean bad input (a missing file, an unknown tag, a bad value) or a resource
+# another process holds (an index's writer lock): the message is what the user needs, the
+# traceback is not. SDL_KERAS_TRACEBACK=1 shows it anyway.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+               TimeoutError)
 # OSErrors of a full disk or quota: the user frees space; the writers keep the previous files.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 

@@ -172,8 +172,11 @@ def encode_batches(encoder, items, batch_size=32, total=None, skipped=None):
 
 
 def index_images(index_dir, encoder, items, *, create=False, total=None, vocabulary=None, dtype="float32",
-                 aggregation=None, scann=None, shard_size=100_000, batch_size=32, overwrite=False):
-    """Builds (create=True) or grows an index from image items; returns (index, added, skipped)."""
+                 aggregation=None, scann=None, shard_size=100_000, batch_size=32, overwrite=False, lock_timeout=0):
+    """Builds (create=True) or grows an index from image items; returns (index, added, skipped).
+
+    Growing waits `lock_timeout` seconds for another writer of the index (0: fails at once,
+    before any image is encoded; None: waits as long as it takes)."""
     from sdl_keras.retrieval.index import RetrievalIndex, build_index
 
     skipped = []
@@ -186,6 +189,7 @@ def index_images(index_dir, encoder, items, *, create=False, total=None, vocabul
         added = len(index)
     else:
         index = RetrievalIndex.load(index_dir)
+        index.lock_timeout = lock_timeout
         added = index.add(batches, shard_size)
     for image_id, reason in skipped:
         logger.warning("Skipped %s: %s", image_id, reason)
