@@ -6,11 +6,13 @@ Errors name the file and line, and a file that is not UTF-8 is reported as such
 """
 
 
-def not_utf8(path, line_no, line, start, offset):
+def not_utf8(path, line_no, line, start, offset=None):
     """What is wrong with byte `start` of `line` (bytes of line `line_no` of `path`, which
-    begins at file offset `offset`): "PATH:LINE: not UTF-8 text (byte 0xff at offset N, in b'...')"."""
+    begins at file offset `offset`, when known): "PATH:LINE: not UTF-8 text (byte 0xff at
+    offset N, in b'...')"."""
     found = line[max(0, start - 24) : start + 24].rstrip(b"\r\n")
-    return f"{path}:{line_no}: not UTF-8 text (byte 0x{line[start]:02x} at offset {offset + start}, in {found!r})"
+    at = "" if offset is None else f" at offset {offset + start}"
+    return f"{path}:{line_no}: not UTF-8 text (byte 0x{line[start]:02x}{at}, in {found!r})"
 
 
 def _decode_error(path, line_no, line, start, offset):

@@ -113,15 +113,17 @@ class _Scan:
         return len(self.found) == len(self.wanted)
 
     def count_word(self, where):
+        """Counts a word against the header (the text reader does it inline)."""
         self.words += 1
-        if self.declared is not None and self.words == self.declared + 1:
-            logger.warning("%s: the header says %d words, but the file holds more (the count is wrong, or words "
-                           "were added without updating it).", where, self.declared)
+        if self.words - 1 == self.declared:
+            self.over_count(where)
 
-    def wants(self, word, where):
-        """Whether `word` is to be read: wanted and not read before (a repeat is noted)."""
-        if word not in self.wanted:
-            return False
+    def over_count(self, where):
+        logger.warning("%s: the header says %d words, but the file holds more (the count is wrong, or words "
+                       "were added without updating it).", where, self.declared)
+
+    def is_new(self, word, where):
+        """Whether the wanted `word` is read for the first time (a repeat is noted)."""
         if word in self.found:
             self.repeated.setdefault(word, [self.first[word]]).append(where)
             return False
@@ -143,46 +145,58 @@ class _Scan:
         return self
 
 
+def _escaped(text):
+    """Whether `text`, read with errors="surrogateescape", holds bytes that are not UTF-8."""
+    return not text.isascii() and any("\udc80" <= c <= "\udcff" for c in text)
+
+
+def _not_utf8_line(path, line_no, line):
+    """`not_utf8`'s description of a line read with errors="surrogateescape"."""
+    raw = line.encode("utf-8", "surrogateescape")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return not_utf8(path, line_no, raw, error.start)
+    return f"{path}:{line_no}"
+
+
 def _read_text_vectors(path, wanted, has_header):
     """A `_Scan` of a text file (FastText .vec with its "count dim" header, GloVe .txt
     without), read line by line until every wanted word is found.
 
-    A line that is not UTF-8 is skipped and noted (its word cannot be known) unless its
-    word is a wanted one, whose values are then an error."""
+    A word that is not UTF-8 is skipped and noted (it cannot be known); in the values of a
+    wanted word it is an error."""
     scan = _Scan(path, wanted)
-    dim = None
-    with open(path, "rb") as f:
-        offset = 0
-        for line_no, raw in enumerate(f, start=1):
-            start, offset = offset, offset + len(raw)
-            where = f"{path}:{line_no}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                problem = not_utf8(path, line_no, raw, error.start, start)
-                word = raw.split(b" ", 1)[0].decode("utf-8", errors="replace")
-                if word in wanted and word not in scan.found:
-                    raise ValueError(f"{problem}: the values of word {word!r}; save the file as UTF-8.") from None
-                scan.count_word(where)
-                scan.unreadable.append(problem)
-                continue
-            if line_no == 1:
-                line = line.removeprefix("\ufeff")
+    dim, words = None, 0
+    # The hot loop, over millions of lines: bytes that are not UTF-8 come through as lone
+    # surrogates, looked for in a line's word only (and in a wanted word's values).
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="\n") as f:
+        for line_no, line in enumerate(f, start=1):
+            if line_no == 1 and has_header:
                 header = line.split()
-                if has_header and len(header) == 2 and all(h.isdigit() for h in header):
+                if len(header) == 2 and all(h.isdigit() for h in header):
                     scan.declared, dim = int(header[0]), int(header[1])
                     continue
             line = line.rstrip()
             if not line:
                 continue
-            scan.count_word(where)
+            words += 1
+            if words - 1 == scan.declared:
+                scan.over_count(f"{path}:{line_no}")
             word, _, rest = line.partition(" ")
-            if scan.wants(word, f"line {line_no}"):
-                values = _parse_values(where, word, rest, dim)
+            if not word.isascii() and _escaped(word):
+                scan.unreadable.append(_not_utf8_line(path, line_no, line))
+            elif word in wanted and scan.is_new(word, f"line {line_no}"):
+                if _escaped(rest):
+                    raise ValueError(f"{_not_utf8_line(path, line_no, line)}: the values of word {word!r}; save the "
+                                     "file as UTF-8.")
+                values = _parse_values(f"{path}:{line_no}", word, rest, dim)
                 dim = values.size
                 scan.add(word, values, f"line {line_no}")
                 if scan.complete:
+                    scan.words = words
                     return scan.finish(at_end=False)
+    scan.words = words
     return scan.finish(at_end=True)
 
 
@@ -219,7 +233,7 @@ def _read_word2vec_binary(path, wanted):
             except UnicodeDecodeError as error:
                 scan.unreadable.append(f"{where}: not UTF-8 text (byte 0x{chars[error.start]:02x} in {bytes(chars)!r})")
                 continue
-            if scan.wants(word, f"word {scan.words}"):
+            if word in wanted and scan.is_new(word, f"word {scan.words}"):
                 values = np.frombuffer(data, dtype="<f4").astype(np.float32)
                 _check_vector(where, word, values, dim)
                 scan.add(word, values, f"word {scan.words}")
@@ -357,7 +371,7 @@ def _load_pickle(path, tags, allow_pickle):
             raise ValueError(f"{path}: expected one array in the pickled dict, got keys {list(obj)}.")
         obj = arrays[0]
     array = _from_array(obj, tags, path, tags_along_columns=True)
-    return tags or [str(i) for i in range(array.shape[0])], array
+    return (tags if tags is not None else [str(i) for i in range(array.shape[0])]), array
 
 
 def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missing="error"):
@@ -377,7 +391,7 @@ def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missin
 
     Raises:
         ValueError: naming the file and line (or row) of a value that is not a number,
-            not finite, or one too many or too few.
+            not finite, or too many or too few values.
     """
     if on_missing not in ("error", "skip"):
         raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}.")

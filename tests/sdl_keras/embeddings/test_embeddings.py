@@ -148,11 +148,11 @@ def test_unparsable_values_and_non_utf8_bytes_name_the_file_line_and_what_was_fo
         load_tag_vectors(path, ["blue", "cat"])
     assert str(error.value.args[0]) == (
         f"1 tag(s) have no vector in {path}: 'blue' (missing: blue). 1 word(s) of {path} could not be read, as "
-        f"their bytes are not UTF-8 text (e.g. {path}:3: not UTF-8 text (byte 0xff at offset 16, "
+        f"their bytes are not UTF-8 text (e.g. {path}:3: not UTF-8 text (byte 0xff, "
         r"in b'bl\xffue 0 0 1'))")
     # In the values of a wanted word it is an error of that line.
     path = vec_file(tmp_path / "values.vec", ["hot 1 0 0", b"blue 0 0\xff 1"])
-    with pytest.raises(ValueError, match=r"values.vec:3: not UTF-8 text \(byte 0xff at offset 22, in b'blue 0 0\\xff "
+    with pytest.raises(ValueError, match=r"values.vec:3: not UTF-8 text \(byte 0xff, in b'blue 0 0\\xff "
                                          r"1'\): the values of word 'blue'; save the file as UTF-8."):
         load_tag_vectors(path, ["blue"])
     # One not needed costs a warning only.
