@@ -214,8 +214,13 @@ class BackupAndRestore(BackupHooks):
         """A BackupError: `path` has `problem`, and what to do about it."""
         others = sorted(name for name in os.listdir(self.backup_dir)
                         if name.startswith("backup-step") and name != os.path.basename(path))
-        earlier = (f", or point its {self.METADATA} at the other backup there ({', '.join(others)})"
-                   if others else "")
+        if not others:
+            earlier = ""
+        elif os.path.basename(path) == self.METADATA:
+            earlier = (f", or write a valid {self.METADATA} naming one of its backups ({', '.join(others)}; keys "
+                       "epoch, batch, step, weights)")
+        else:
+            earlier = f", or point its {self.METADATA} at another backup there ({', '.join(others)})"
         return BackupError(
             f"{path} {problem}: training cannot resume from {self.backup_dir}. Delete {self.backup_dir} to start the "
             f"run over{earlier}."

@@ -244,13 +244,16 @@ def test_a_truncated_backup_or_invalid_metadata_names_the_file_and_what_to_do(tm
     # A second backup file beside it (a kill between writing one and removing the other) is offered.
     shutil.copy(weights, os.path.join(backup, "backup-step5.weights.h5"))
     with pytest.raises(callbacks.BackupError, match=r"Delete .*backup to start the run over, or point its "
-                                                     r"training_metadata.json at the other backup there "
+                                                     r"training_metadata.json at another backup there "
                                                      r"\(backup-step5.weights.h5\)\."):
         resume()
     open(metadata, "w").write('{"epoch": 1, "batch": 1, "st')
     with pytest.raises(callbacks.BackupError) as error:
         resume()
     assert str(error.value).startswith(f"{metadata} is not valid backup metadata (JSONDecodeError: Unterminated string")
+    assert str(error.value).endswith("or write a valid training_metadata.json naming one of its backups "
+                                     "(backup-step5.weights.h5, backup-step6.weights.h5; keys epoch, batch, step, "
+                                     "weights).")
     open(metadata, "w").write('{"epoch": 1}')
     with pytest.raises(callbacks.BackupError, match=r"is not valid backup metadata \(KeyError: 'weights'\)"):
         resume()
