@@ -7,6 +7,8 @@ JPEGs, then measures in one run, alternating rounds:
             PyTorch code's approach, without the framework around it)
   tf files  pipelines.files.image_label_dataset over the image files
   tf records pipelines.tfrecord.records.tfrecord_dataset over TFRecord shards of the same images
+  tf records checked  the same from the shards' RecordSet, as training reads them: each shard's
+            records counted against its conversion's count (a damaged shard is skipped and counted)
 The tf.data pipelines are built with repeat=True, as sdl_keras.training's are, and each
 measurement reads several passes through one iterator: a new iterator per pass would
 add TensorFlow's function instantiation (tens of ms) to every pass of a few hundred
