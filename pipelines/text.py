@@ -76,3 +76,13 @@ def repeated_lines(numbered):
 def read_lines(path):
     """Non-empty stripped lines of a UTF-8 text file (tolerates a BOM and CRLF)."""
     return [line for _, line in numbered_lines(path)]
+
+
+def read_unique_lines(path, what="tag"):
+    """`read_lines` of a list whose entries must be unique (a tag list): ValueError naming
+    every entry listed more than once, with its lines."""
+    numbered = list(numbered_lines(path))
+    repeated = repeated_lines(numbered)
+    if repeated:
+        raise ValueError(f"{path}: {len(repeated)} {what}(s) listed more than once: {lines_listing(repeated)}.")
+    return [line for _, line in numbered]

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from pipelines.text import lines_listing, numbered_lines, repeated_lines
+from pipelines.text import lines_listing, numbered_lines, read_unique_lines
 from sdl_keras.embeddings.formats import l2_normalize, load_tag_vectors
 
 
@@ -53,11 +53,7 @@ class TagVocabulary:
 
         Errors name the file and line: a tag listed twice, an unseen tag not in the tag
         list, and (from `load_tag_vectors`) a word whose vector is not finite."""
-        numbered = list(numbered_lines(tags_path))
-        repeated = repeated_lines(numbered)
-        if repeated:
-            raise ValueError(f"{tags_path}: {len(repeated)} tag(s) listed more than once: {lines_listing(repeated)}.")
-        tags = [tag for _, tag in numbered]
+        tags = read_unique_lines(tags_path)
         unseen = list(numbered_lines(unseen_path)) if unseen_path else []
         known = set(tags)
         unknown = {tag: [line_no] for line_no, tag in unseen if tag not in known}
