@@ -90,18 +90,28 @@ def manifest_items(path):
 
 
 def tfrecord_items(pattern):
-    """(id, encoded bytes) of every record in the TFRecord files matching `pattern`."""
+    """(id, encoded bytes) of every record in the TFRecord files matching `pattern`; a
+    damaged (corrupted or truncated) record is a ValueError naming its file."""
     import tensorflow as tf
 
+    from pipelines.decode import error_text
     from pipelines.tfrecord.format import FEATURES
 
     files = sorted(glob.glob(pattern))
     if not files:
         raise FileNotFoundError(f"No TFRecord files match {pattern!r}.")
     wanted = {k: FEATURES[k] for k in ("image/encoded", "image/id")}
-    for record in tf.data.TFRecordDataset(files):
-        features = tf.io.parse_single_example(record, wanted)
-        yield features["image/id"].numpy().decode("utf-8"), features["image/encoded"].numpy()
+    for path in files:
+        number = 0
+        try:
+            for number, record in enumerate(tf.data.TFRecordDataset(path), start=1):
+                features = tf.io.parse_single_example(record, wanted)
+                yield features["image/id"].numpy().decode("utf-8"), features["image/encoded"].numpy()
+        except tf.errors.DataLossError as error:
+            raise ValueError(
+                f"{path}: record {number + 1} cannot be read ({error_text(error)}): rewrite the file (a shard of "
+                "pipelines.to_tfrecord: delete it and rerun its command, which resumes)."
+            ) from None
 
 
 def _read(item):
