@@ -357,6 +357,7 @@ def tfrecord_dataset(
     crop="none",
     shuffle_buffer=8192,
     input_context=None,
+    decode_mode="fast",
     unreadable=None,
 ):
     """Batches of (uint8 images (B, S, S, 3), float32 labels (B, C) with -1 unknowns) from
@@ -373,7 +374,7 @@ def tfrecord_dataset(
     the per-replica batch size and the `input_context`, which splits the shards
     between input pipelines (see `distribute`).
     """
-    check_crop(crop)
+    check_crop(crop, decode_mode)
     if isinstance(file_pattern, RecordSet):
         files, read = list(file_pattern.files), _checked_shards(file_pattern, unreadable)
     else:
@@ -404,7 +405,7 @@ def tfrecord_dataset(
 
     def decode(serialized):
         image, labels, _ = parse_example(serialized, num_classes)
-        return decode_resize(image, image_size, crop), labels
+        return decode_resize(image, image_size, crop, decode_mode), labels
 
     dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
@@ -421,6 +422,7 @@ def training_dataset(
     seed=None,
     strategy=None,
     crop="none",
+    decode_mode="fast",
     unreadable=None,
 ):
     """Repeated, shuffled batches of (uint8 images, float32 labels over the seen tags) from
@@ -467,6 +469,7 @@ def training_dataset(
             drop_remainder=True,
             crop=crop,
             input_context=input_context,
+            decode_mode=decode_mode,
             unreadable=unreadable,
         )
         return dataset.map(select, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -476,7 +479,7 @@ def training_dataset(
     return distribute(strategy, global_batch_size, build)
 
 
-def evaluation_batches(records, image_size, batch_size, crop="none"):
+def evaluation_batches(records, image_size, batch_size, crop="none", decode_mode="fast"):
     """One pass, in order, over the records: batches of (uint8 images, float32 labels over
     every tag, -1 unknown); a damaged shard is an error naming it."""
-    return tfrecord_dataset(records, records.num_classes, image_size, batch_size, crop=crop)
+    return tfrecord_dataset(records, records.num_classes, image_size, batch_size, crop=crop, decode_mode=decode_mode)

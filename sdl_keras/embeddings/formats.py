@@ -4,7 +4,7 @@ Formats `load_tag_vectors` reads, chosen by file suffix (or `fmt=`):
   .vec  FastText text, a "count dim" header line then "word v1 ... vd" lines
   .txt  GloVe text, the same lines without a header
   .bin  word2vec binary ("count dim\\n", then "word " + d float32 per word)
-  .npy  a (C, d) array whose rows follow `tags`
+  .npy  a (C, d) array whose rows follow `tags` (or `row_tags`, picked by name)
   .npz  arrays "tags" (C,) and "vectors" (C, d); rows are picked by tag name
   .pickle / .pkl  the official ZS_SDL `wordvec_array.pickle`: a d x C array (or a
         dict holding one, 1 x d x C for COCO), columns following `tags`; only with
@@ -327,9 +327,24 @@ def _load_word_vectors(path, tags, reader, on_missing):
     return _resolve_missing(tags, vectors, missing, path, on_missing, scan.unreadable)
 
 
-def _load_npy(path, tags):
+def _pick_rows(array, row_tags, tags, path, on_missing):
+    """The rows of `array` (row i = row_tags[i]) for `tags`, matched ignoring case and '_'."""
+    if array.shape[0] != len(row_tags):
+        raise ValueError(f"{path}: {array.shape[0]} vectors for the {len(row_tags)} tags their rows follow.")
+    key = lambda tag: " ".join(tag.replace("_", " ").lower().split())  # noqa: E731
+    index = {key(t): i for i, t in enumerate(row_tags)}
+    missing = {t: [t] for t in tags if key(t) not in index}
+    picked = np.stack([array[index[key(t)]] if key(t) in index else np.zeros(array.shape[1], np.float32)
+                       for t in tags]) if tags else np.zeros((0, array.shape[1]), np.float32)
+    return _resolve_missing(tags, picked, missing, path, on_missing)
+
+
+def _load_npy(path, tags, row_tags, on_missing):
     if tags is None:
         raise ValueError(f"{path} holds only an array: pass the tag list its rows follow.")
+    if row_tags is not None:
+        array = _from_array(np.load(path, allow_pickle=False), None, path)
+        return _pick_rows(array, [str(t) for t in row_tags], tags, path, on_missing)
     return tags, _from_array(np.load(path, allow_pickle=False), tags, path)
 
 
@@ -374,7 +389,7 @@ def _load_pickle(path, tags, allow_pickle):
     return (tags if tags is not None else [str(i) for i in range(array.shape[0])]), array
 
 
-def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missing="error"):
+def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missing="error", row_tags=None):
     """Loads l2-normalized vectors for `tags`.
 
     Args:
@@ -385,6 +400,8 @@ def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missin
         allow_pickle: must be True to read official ZS_SDL pickles.
         on_missing: "error" raises a KeyError listing every tag without a vector;
             "skip" drops them with a warning (the returned tags say which remain).
+        row_tags: for .npy, the tags its rows follow when they are not `tags` (e.g.
+            COCO's 80 classes); the rows of `tags` are picked by name.
 
     Returns:
         (tags, vectors): the tag list actually covered, and a (C, d) float32 array.
@@ -399,10 +416,12 @@ def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missin
         raise FileNotFoundError(f"Tag-vector file not found: {path}")
     fmt = _format_of(path, fmt)
     tags = None if tags is None else [str(t) for t in tags]
+    if row_tags is not None and fmt != "npy":
+        raise ValueError(f"{path}: a list of the tags the rows follow is for .npy vectors, not .{fmt}.")
     if fmt in WORD_READERS:
         tags, vectors = _load_word_vectors(path, tags, WORD_READERS[fmt], on_missing)
     elif fmt == "npy":
-        tags, vectors = _load_npy(path, tags)
+        tags, vectors = _load_npy(path, tags, row_tags, on_missing)
     elif fmt == "npz":
         tags, vectors = _load_npz(path, tags, on_missing)
     else:

@@ -47,9 +47,12 @@ class TagVocabulary:
         return cls(tags, vectors, [index[t] for t in unseen_tags])
 
     @classmethod
-    def from_files(cls, tags_path, vectors_path, unseen_path=None, allow_pickle=False, on_missing="error"):
+    def from_files(cls, tags_path, vectors_path, unseen_path=None, allow_pickle=False, on_missing="error",
+                   vector_tags=None):
         """A vocabulary from a tag list file (one tag per line), a vector file (any
-        `load_tag_vectors` format) and an optional file of unseen tags.
+        `load_tag_vectors` format) and an optional file of unseen tags. `vector_tags` is a
+        tag list file that the rows of an .npy vector file follow, when they do not follow
+        `tags_path` (COCO's classes.txt for the official 80-row vectors).
 
         Errors name the file and line: a tag listed twice, an unseen tag not in the tag
         list, and (from `load_tag_vectors`) a word whose vector is not finite."""
@@ -59,7 +62,10 @@ class TagVocabulary:
         unknown = {tag: [line_no] for line_no, tag in unseen if tag not in known}
         if unknown:
             raise KeyError(f"{unseen_path}: {len(unknown)} unseen tag(s) not in {tags_path}: {lines_listing(unknown)}.")
-        kept, vectors = load_tag_vectors(vectors_path, tags, allow_pickle=allow_pickle, on_missing=on_missing)
+        kept, vectors = load_tag_vectors(
+            vectors_path, tags, allow_pickle=allow_pickle, on_missing=on_missing,
+            row_tags=read_unique_lines(vector_tags) if vector_tags else None,
+        )
         unseen = [tag for _, tag in unseen]
         dropped = set(tags) - set(kept)
         return cls.from_tag_lists(kept, vectors, [t for t in unseen if t not in dropped])

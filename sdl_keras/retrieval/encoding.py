@@ -43,8 +43,8 @@ class KerasEncoder:
         from sdl_keras.run_dir import RunDirectory
 
         self.model, _, config = RunDirectory(run_dir).load()
-        image_size, crop = config.data.image_size, config.data.crop
-        self._decode = tf.function(lambda images: decode_images(images, image_size, crop))
+        image_size, crop, mode = config.data.image_size, config.data.crop, config.data.decode_mode
+        self._decode = tf.function(lambda images: decode_images(images, image_size, crop, mode))
         self._tf = tf
         self.source = {"run_dir": os.path.abspath(run_dir)}
         self.aggregation = config.loss.aggregation

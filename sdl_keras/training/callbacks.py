@@ -52,10 +52,11 @@ class ZeroShotEvaluation(keras.callbacks.Callback):
         predict: images -> A; default `model.predict_on_batch` (under
             MultiWorkerMirroredStrategy use `distribute.local_predict_function`).
         sample_images: how many images `self.last` keeps for the dashboards.
+        empty_tags: how mAP counts a tag without a positive image (`evaluate_scores`).
     """
 
     def __init__(self, batches, vocabulary, ks=(3, 5), every_n_epochs=1, aggregation="max", predict=None,
-                 sample_images=8):
+                 sample_images=8, empty_tags="zero"):
         super().__init__()
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}.")
@@ -66,6 +67,7 @@ class ZeroShotEvaluation(keras.callbacks.Callback):
         self.aggregation = aggregation
         self.predict = predict
         self.sample_images = int(sample_images)
+        self.empty_tags = empty_tags
         self.last = None
 
     def evaluate(self):
@@ -89,7 +91,7 @@ class ZeroShotEvaluation(keras.callbacks.Callback):
         if not scores:
             raise ValueError("ZeroShotEvaluation: the validation batches are empty.")
         scores, labels = np.concatenate(scores), np.concatenate(labels)
-        results = evaluate_scores(scores, labels, self.vocabulary.unseen, self.ks)
+        results = evaluate_scores(scores, labels, self.vocabulary.unseen, self.ks, self.empty_tags)
         count = self.sample_images
         sample = {"labels": labels[:count], "scores": scores[:count], "row_wins": row_wins}
         if sample_images:
@@ -102,7 +104,7 @@ class ZeroShotEvaluation(keras.callbacks.Callback):
             return
         results, samples = self.evaluate()
         self.last = dict(samples, epoch=epoch, results=results)
-        figures = {f"val_{key}": float(value) for key, value in results.items() if not key.endswith("num_images")}
+        figures = {f"val_{key}": float(value) for key, value in results.items() if "/num_" not in key}
         if logs is not None:
             logs.update(figures)
         k = self.ks[0]

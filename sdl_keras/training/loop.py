@@ -54,6 +54,7 @@ def build_callbacks(config, model, vocabulary, validation, write_dir, strategy):
         evaluation = ZeroShotEvaluation(
             validation, vocabulary, ks=ks, every_n_epochs=evaluation_config.eval_every,
             aggregation=config.loss.aggregation, predict=predict, sample_images=evaluation_config.dashboard_images,
+            empty_tags=evaluation_config.empty_tags,
         )
         callbacks += [
             evaluation,

@@ -216,6 +216,32 @@ def test_tag_files_name_repeated_and_unknown_tags_with_their_lines(tmp_path):
     with pytest.raises(ValueError, match=r"unseen.txt:2: not UTF-8 text \(byte 0xe9 at offset 9, in b'z\\xe9bra'\)"):
         TagVocabulary.from_files(str(tmp_path / "tags.txt"), path, str(tmp_path / "unseen.txt"))
 
+def test_official_coco_vectors_as_npy_rows_picked_by_name(tmp_path):
+    """configs/coco.flags: the split's 65 tags take their rows of the official 80-row vectors
+    (row i = classes.txt line i) by name; the same vectors as the official float16 pickle."""
+    import json
+
+    classes_path = testing.shared_path("reference", "coco", "classes.txt")
+    vectors_path = testing.shared_path("reference", "coco", "word_vectors.npy")
+    classes = read_lines(classes_path)
+    with open(testing.shared_path("reference", "coco", "split_48_17.json")) as f:
+        split = json.load(f)
+    tags = [c for c in classes if c in split["seen"] + split["unseen"]]  # category order
+    (tmp_path / "tags.txt").write_text("\n".join(tags) + "\n")
+    (tmp_path / "unseen.txt").write_text("\n".join(split["unseen"]) + "\n")
+    vocabulary = TagVocabulary.from_files(tmp_path / "tags.txt", vectors_path, tmp_path / "unseen.txt",
+                                          vector_tags=classes_path)
+    assert len(vocabulary) == 65 and len(vocabulary.unseen) == 17
+    rows = np.load(vectors_path)[[classes.index(t) for t in tags]]
+    np.testing.assert_allclose(vocabulary.vectors, rows / np.linalg.norm(rows, axis=1, keepdims=True), rtol=1e-6)
+    official = load_tag_vectors(testing.shared_path("reference", "coco", "official", "wordvec_array.pickle"),
+                                classes, allow_pickle=True)[1]
+    np.testing.assert_allclose(vocabulary.vectors, official[[classes.index(t) for t in tags]], atol=1e-3)
+    with pytest.raises(KeyError, match="1 tag\\(s\\) have no vector"):
+        load_tag_vectors(vectors_path, ["person", "unicorn"], row_tags=classes)
+    with pytest.raises(ValueError, match="80 vectors for the 3 tags"):
+        load_tag_vectors(vectors_path, ["person"], row_tags=classes[:3])
+
 
 if __name__ == "__main__":
     testing.run(__file__)

@@ -175,7 +175,8 @@ def test_command_lines_train_then_evaluate(demo, tmp_path):
     assert "| ZSL  |" in evaluate.stdout and "random scores" in evaluate.stdout
     with open(os.path.join(run_dir, "results.json")) as f:
         results = json.load(f)
-    assert set(results) == {"model", "random"} and "zsl/F1@1" in results["model"]
+    assert set(results) == {"model", "random", "settings"} and "zsl/F1@1" in results["model"]
+    assert results["settings"]["empty_tags"] == "zero"  # the official mAP, recorded
     assert np.isfinite(results["model"]["gzsl/mAP"])
 
 
