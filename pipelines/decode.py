@@ -235,7 +235,7 @@ def error_text(error):
     """The line of a TensorFlow error that says what went wrong, without node names and
     the graph-execution preamble."""
     for line in error.message.splitlines():
-        line = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]|\[\[.*", "", line).strip()
+        line = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]( name:\s*\S*)?|\[\[.*", "", line).strip()
         if line and not line.startswith(("Graph execution error", "Detected at node", "<stack traces")):
             return line
     return error.message.strip()

@@ -43,7 +43,10 @@ def check_positives_bound(labels, max_positives, ids=None):
 class UnreadableImageCounter:
     """How many images pipelines dropped as unreadable. A pipeline adds a pass's count when
     the pass ends, so over an epoch that is one pass, the increase of `total` is that
-    epoch's count. Give each pipeline its own counter to tell them apart."""
+    epoch's count. Give each pipeline its own counter to tell them apart. `what` and
+    `detail()` say what was counted, for the log."""
+
+    what = "unreadable image(s)"
 
     def __init__(self, name="unreadable_images"):
         self.name = name
@@ -52,6 +55,10 @@ class UnreadableImageCounter:
     @property
     def total(self):
         return int(self.variable.numpy())
+
+    def detail(self):
+        """Where the dropped elements were and what to do about them ("" when nothing to add)."""
+        return ""
 
 
 def _decoded_batches(one_pass, num_images, decode, batch_size, drop_remainder, repeat, counter, strict,

@@ -71,8 +71,8 @@ class DataConfig:
         "unseen object) or restricted (COCO-format files already restricted to one test set, as the official "
         "code reads them: every image they annotate is a test image).", COCO_TEST_FILES)
     strict: bool = _field(
-        False, "Stop with an error naming the first unreadable training image, instead of skipping and counting "
-        "unreadable images (the count is logged each epoch).")
+        False, "Stop with an error naming the first unreadable training image (or, for tfrecord, damaged shard), "
+        "instead of skipping and counting them (the count is logged each epoch).")
     tags: str = _field("", "Tag list file, one tag per line (seen and unseen).")
     word_vectors: str = _field("", "Vectors: .vec/.txt/.bin word vectors, .npy/.npz, or official pickles.")
     word_vector_tags: str = _field(

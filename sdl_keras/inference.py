@@ -5,6 +5,7 @@ import numpy as np
 
 from pipelines.progress import Progress
 from pipelines.splits import split_batches
+from pipelines.tfrecord.records import raising_unreadable_shards
 from sdl_keras import evaluation
 from sdl_keras.run_dir import RunDirectory
 from sdl_keras.scoring import tag_scores
@@ -42,7 +43,8 @@ def score_split(run, dataset, source, batch_size=64, progress=True):
     batches = _keeping_labels(batches, labels)
     if progress:
         batches = _with_progress(batches, -(-count // batch_size))
-    scores, _ = score_batches(model, batches, vocabulary.vectors, config.loss.aggregation)
+    with raising_unreadable_shards():
+        scores, _ = score_batches(model, batches, vocabulary.vectors, config.loss.aggregation)
     return scores, np.concatenate(labels)
 
 

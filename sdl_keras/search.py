@@ -40,6 +40,8 @@ def define_flags():
     flags.DEFINE_integer("shard_size", 100_000, "Images per shard.")
     flags.DEFINE_integer("batch_size", 32, "Images per model call.")
     flags.DEFINE_bool("overwrite", False, "build: replace an existing index.")
+    flags.DEFINE_float("lock_timeout", 0, "add: seconds to wait for another writer of the index (its lock, "
+                       "INDEX/.writer.lock); 0 fails at once, -1 waits as long as it takes.")
     # query
     flags.DEFINE_multi_string("tag", [], "A query tag (repeatable: several tags add their scores).")
     flags.DEFINE_string("vector_file", None, "An .npy of query vectors, (d,) or (T, d), instead of tags.")
@@ -88,7 +90,8 @@ def main(argv):
             overwrite=FLAGS.overwrite, **options,
         )
     else:
-        index, added, skipped = encoding.add(FLAGS.index, items, total, FLAGS.model, FLAGS.run_dir, **options)
+        index, added, skipped = encoding.add(FLAGS.index, items, total, FLAGS.model, FLAGS.run_dir, **options,
+                                             lock_timeout=None if FLAGS.lock_timeout < 0 else FLAGS.lock_timeout)
     print(f"{'Built' if command == 'build' else 'Added to'} {FLAGS.index}: {added} images added, {len(skipped)} "
           f"skipped, {len(index)} in the index ({index.num_rows} x {index.dim} {index.dtype}, "
           f"{'exact and ScaNN' if index.scann_options else 'exact'} search)", file=sys.stderr)

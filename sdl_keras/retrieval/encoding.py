@@ -90,18 +90,28 @@ def manifest_items(path):
 
 
 def tfrecord_items(pattern):
-    """(id, encoded bytes) of every record in the TFRecord files matching `pattern`."""
+    """(id, encoded bytes) of every record in the TFRecord files matching `pattern`; a
+    damaged (corrupted or truncated) record is a ValueError naming its file."""
     import tensorflow as tf
 
+    from pipelines.decode import error_text
     from pipelines.tfrecord.format import FEATURES
 
     files = sorted(glob.glob(pattern))
     if not files:
         raise FileNotFoundError(f"No TFRecord files match {pattern!r}.")
     wanted = {k: FEATURES[k] for k in ("image/encoded", "image/id")}
-    for record in tf.data.TFRecordDataset(files):
-        features = tf.io.parse_single_example(record, wanted)
-        yield features["image/id"].numpy().decode("utf-8"), features["image/encoded"].numpy()
+    for path in files:
+        number = 0
+        try:
+            for number, record in enumerate(tf.data.TFRecordDataset(path), start=1):
+                features = tf.io.parse_single_example(record, wanted)
+                yield features["image/id"].numpy().decode("utf-8"), features["image/encoded"].numpy()
+        except tf.errors.DataLossError as error:
+            raise ValueError(
+                f"{path}: record {number + 1} cannot be read ({error_text(error)}): rewrite the file (a shard of "
+                "pipelines.to_tfrecord: delete it and rerun its command, which resumes)."
+            ) from None
 
 
 def _read(item):
@@ -172,8 +182,11 @@ def encode_batches(encoder, items, batch_size=32, total=None, skipped=None):
 
 
 def index_images(index_dir, encoder, items, *, create=False, total=None, vocabulary=None, dtype="float32",
-                 aggregation=None, scann=None, shard_size=100_000, batch_size=32, overwrite=False):
-    """Builds (create=True) or grows an index from image items; returns (index, added, skipped)."""
+                 aggregation=None, scann=None, shard_size=100_000, batch_size=32, overwrite=False, lock_timeout=0):
+    """Builds (create=True) or grows an index from image items; returns (index, added, skipped).
+
+    Growing waits `lock_timeout` seconds for another writer of the index (0: fails at once,
+    before any image is encoded; None: waits as long as it takes)."""
     from sdl_keras.retrieval.index import RetrievalIndex, build_index
 
     skipped = []
@@ -186,6 +199,7 @@ def index_images(index_dir, encoder, items, *, create=False, total=None, vocabul
         added = len(index)
     else:
         index = RetrievalIndex.load(index_dir)
+        index.lock_timeout = lock_timeout
         added = index.add(batches, shard_size)
     for image_id, reason in skipped:
         logger.warning("Skipped %s: %s", image_id, reason)

@@ -49,7 +49,8 @@ class TrainingData:
     num_seen: int
     max_positives: int
     max_positives_from: str
-    # Counts the unreadable images the pipeline drops (pipelines.files), or None.
+    # Counts the unreadable images (pipelines.files) or TFRecord records
+    # (pipelines.tfrecord.records) the pipeline drops, or None.
     unreadable_images: object = None
 
 
@@ -103,6 +104,8 @@ def _record_training_data(config, vocabulary, strategy):
                          "or convert the split again with the current pipelines.to_tfrecord.")
     else:
         max_positives, origin = max(recorded, 1), counted
+    # As unreadable image files: damaged shards are skipped and counted, or with strict an error.
+    unreadable = None if data.strict else records.UnreadableRecordCounter(record_set)
     dataset = records.training_dataset(
         record_set,
         vocabulary.seen,
@@ -114,8 +117,10 @@ def _record_training_data(config, vocabulary, strategy):
         strategy=strategy,
         crop=data.crop,
         decode_mode=data.decode_mode,
+        unreadable=unreadable,
     )
-    return TrainingData(dataset, record_set.num_examples, len(vocabulary.seen), max_positives, origin)
+    return TrainingData(dataset, record_set.num_examples, len(vocabulary.seen), max_positives, origin,
+                        unreadable_images=unreadable)
 
 
 def training_data(config, vocabulary, strategy):

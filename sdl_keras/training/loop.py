@@ -11,6 +11,7 @@ import sys
 import keras
 import numpy as np
 
+from pipelines.tfrecord.records import raising_unreadable_shards
 from sdl_keras import saving
 from sdl_keras.run_dir import RunDirectory
 from sdl_keras.training import distribute
@@ -130,15 +131,16 @@ def train(config, callbacks=()):
             logger.info("%d BatchNormalization layer(s) use the global batch's statistics.", count)
         run.write_vocabulary(vocabulary)
         run.write_config(config)
-        history = model.fit(
-            train_data.dataset,
-            epochs=epochs,
-            steps_per_epoch=steps,
-            shuffle=False,  # the dataset shuffles
-            callbacks=[*build_callbacks(config, model, vocabulary, validation, write_dir, strategy), *extra,
-                       *callbacks],
-            verbose=fit_verbosity(runtime.verbose),
-        )
+        with raising_unreadable_shards():
+            history = model.fit(
+                train_data.dataset,
+                epochs=epochs,
+                steps_per_epoch=steps,
+                shuffle=False,  # the dataset shuffles
+                callbacks=[*build_callbacks(config, model, vocabulary, validation, write_dir, strategy), *extra,
+                           *callbacks],
+                verbose=fit_verbosity(runtime.verbose),
+            )
         final = {key: float(values[-1]) for key, values in history.history.items() if values}
         if not np.isfinite(final.get("loss", 0.0)):
             raise FloatingPointError(
