@@ -22,7 +22,8 @@ from tests import testing
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("demo"))
-    files = make_demo_dataset(folder, DemoConfig(num_train=768, num_test=200, image_size=32, max_objects=2))
+    files = make_demo_dataset(folder, DemoConfig(num_train=768, num_test=200, image_size=32, max_objects=2,
+                                                 num_validation=64))
     return folder, files
 
 
@@ -67,7 +68,8 @@ def test_unreadable_training_images_are_counted_each_epoch_or_with_strict_an_err
     manifest = os.path.join(folder, "train_with_bad.jsonl")
     with open(manifest, "w", encoding="utf-8") as f:
         f.writelines(lines)
-    config = demo_config(files, str(tmp_path / "run"), train_source=manifest, test_source="", epochs=2)
+    config = demo_config(files, str(tmp_path / "run"), train_source=manifest, test_source="", validation_fraction=0,
+                         epochs=2)
     _, history, _ = training.train(config)
     # Two bad files per pass over the data; prefetching may finish a pass a little early.
     counts = history.history["unreadable_images"]
@@ -103,7 +105,8 @@ def test_command_lines_train_then_evaluate(demo, tmp_path):
     common = [f"--flagfile={testing.REPO_ROOT}/configs/demo.flags"]
     train = subprocess.run(
         [sys.executable, "-m", "sdl_keras.train", *common, f"--train_source={files['train.jsonl']}",
-         f"--test_source={files['test.jsonl']}", f"--tags={files['tags.txt']}",
+         f"--test_source={files['test.jsonl']}", f"--validation_source={files['validation.jsonl']}",
+         f"--tags={files['tags.txt']}",
          f"--word_vectors={files['words.vec']}", f"--unseen_tags={files['unseen_tags.txt']}",
          "--image_size=32", "--epochs=2", "--steps_per_epoch=2", "--reg_weight=none", f"--run_dir={run_dir}"],
         env=env, capture_output=True, text=True, cwd=testing.REPO_ROOT, timeout=300,
