@@ -6,10 +6,13 @@
     python -m sdl_keras.search add --index=photos_index --images=more_photos/ new.jpg
     python -m sdl_keras.search query --index=photos_index --tag="red circle" --tag=square --top_n=10
     python -m sdl_keras.search query --index=photos_index --tag=zebra --word_vectors=wiki.en.vec --method=scann
+    python -m sdl_keras.search query --index=photos_index --tag="red circle" --min_probability=0.5
 
 Images come from files and folders (--images), a manifest or TFRecords; matrices from an
 export's `matrix` signature (--model) or a run's model (--run_dir); an unreadable image
-is skipped and listed (sdl_keras/retrieval/). Several --tag add their scores.
+is skipped and listed (sdl_keras/retrieval/). Several --tag add their scores. An index
+built from a calibrated run or export stores its calibration: hits then show each tag's
+probability, and --min_probability leaves out the hits below it.
 """
 
 import json
@@ -50,12 +53,15 @@ def define_flags():
     flags.DEFINE_integer("num_candidates", None, "ScaNN: rows per tag and shard before exact re-scoring.")
     flags.DEFINE_integer("leaves_to_search", None, "ScaNN: partitions searched per shard.")
     flags.DEFINE_bool("json", False, "Print the hits as JSON.")
+    flags.DEFINE_float("min_probability", None, "Leave out of the top_n hits those where a query tag's probability "
+                       "is below this (an index with a calibration only).")
 
 
 def format_hits(query, hits):
-    lines = [f"query: {' + '.join(query.names)}", f"{'rank':>4}  {'score':>9}  rows  id"]
+    lines = [f"query: {' + '.join(query.names)}", f"{'rank':>4}  {'score':>9}  rows  probabilities  id"]
     for rank, hit in enumerate(hits, start=1):
-        lines.append(f"{rank:>4}  {hit.score:9.4f}  {','.join(map(str, hit.rows)):<4}  {hit.id}")
+        probabilities = ",".join(f"{p:.3f}" for p in hit.probabilities) or "-"
+        lines.append(f"{rank:>4}  {hit.score:9.4f}  {','.join(map(str, hit.rows)):<4}  {probabilities:<13}  {hit.id}")
     return "\n".join(lines)
 
 
@@ -71,7 +77,7 @@ def main(argv):
         index = RetrievalIndex.load(FLAGS.index)
         query = query_from(FLAGS.tag, FLAGS.vector_file, index.vocabulary, FLAGS.word_vectors, FLAGS.allow_pickle)
         hits = index.search(query, FLAGS.top_n, FLAGS.method, num_candidates=FLAGS.num_candidates,
-                            leaves_to_search=FLAGS.leaves_to_search)
+                            leaves_to_search=FLAGS.leaves_to_search, min_probability=FLAGS.min_probability)
         if FLAGS.json:
             print(json.dumps({"query": list(query.names), "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
         else:
