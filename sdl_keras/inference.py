@@ -1,11 +1,12 @@
-"""Scoring images with a trained run, and the zero-shot evaluation of a run."""
+"""Scoring images with a trained run, and the zero-shot evaluation of a run: the ranking
+figures, and the probabilities' (calibration errors, threshold metrics)."""
 
 import keras
 import numpy as np
 
 from pipelines.progress import Progress
 from pipelines.splits import split_batches
-from sdl_keras import evaluation
+from sdl_keras import calibration as calibration_lib, evaluation
 from sdl_keras.run_dir import RunDirectory
 from sdl_keras.scoring import tag_scores
 
@@ -27,13 +28,76 @@ def score_batches(model, batches, tag_vectors, aggregation="max"):
     return np.concatenate(scores), np.concatenate(rows)
 
 
-def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, progress=True):
-    """ZSL/GZSL figures of a run on its test split, beside a random ranker's.
+# The top-K pairs per image the calibration errors are measured over: the tags a tagger shows.
+ECE_TOP_K = 10
+TEST_RUN = "test"
+
+
+def probability_figures(scores, labels, unseen, calibration=None, k=ECE_TOP_K):
+    """How good the probabilities of test scores are: calibration errors (evaluation.
+    calibration_errors) of sigmoid(score) and, for a calibrated run, of the calibrated
+    probabilities; threshold metrics (evaluation.threshold_metrics) at the tuned per-tag
+    thresholds, at the one threshold for all tags and at a user-set one (uncalibrated:
+    sigmoid(score) >= 0.5).
 
     Returns:
-        {"model": evaluate_scores(...), "random": evaluate_scores(random scores)}.
+        {"calibrated": bool, "ece": {probabilities: figures}, "thresholds": [{"probabilities",
+        "thresholds", "zsl/CP", ...}], "curves": {"seen"/"unseen": {probabilities: curve}}}.
     """
+    probabilities = {"sigmoid(score)": calibration_lib.sigmoid(scores)}
+    if calibration is not None:
+        probabilities["calibrated"] = calibration.probabilities(scores)
+    figures = {"calibrated": calibration is not None, "ece": {}, "thresholds": [], "curves": {"seen": {}, "unseen": {}}}
+    top = evaluation.top_k_mask(scores, k)
+    is_unseen = np.zeros(scores.shape[1], dtype=bool)
+    is_unseen[list(unseen)] = True
+    for name, values in probabilities.items():
+        errors = evaluation.calibration_errors(values, scores, labels, unseen, k)
+        figures["ece"][name] = errors
+        for split, columns in (("seen", ~is_unseen), ("unseen", is_unseen)):
+            shown = top & columns[None, :]
+            curve = evaluation.reliability_curve(values[shown], labels[shown])
+            figures["curves"][split][name] = dict(curve, ece=errors[f"ece/{split}@{k}"])
+    if calibration is None:
+        rules = [("sigmoid(score)", "0.50 for all", 0.5)]
+    else:
+        rules = [("calibrated", "tuned per tag", calibration.thresholds),
+                 ("calibrated", f"{calibration.shared_threshold:.2f} for all", calibration.shared_threshold)]
+        if calibration.probability_threshold is not None:
+            rules.append(("calibrated", f"{calibration.probability_threshold:.2f} (set)",
+                          calibration.probability_threshold))
+    for name, rule, thresholds in rules:
+        figures["thresholds"].append({"probabilities": name, "thresholds": rule,
+                                      **evaluation.threshold_metrics(probabilities[name], labels, thresholds, unseen)})
+    return figures
+
+
+def write_reliability_logs(run, curves, k=ECE_TOP_K):
+    """The test split's reliability diagrams, seen and unseen tags, in the run's TensorBoard logs."""
+    import os
+
+    from sdl_keras.training.dashboards import write_reliability_diagrams
+
+    write_reliability_diagrams(os.path.join(run.logs_dir, TEST_RUN), {
+        split: (f"{split} tags, test split, top-{k} pairs", split_curves) for split, split_curves in curves.items()
+    })
+
+
+def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, progress=True, reliability_logs=False):
+    """ZSL/GZSL figures of a run on its test split, beside a random ranker's, and how good its
+    probabilities are (`probability_figures`: calibrated when the run has calibration.json).
+
+    Args:
+        reliability_logs: also write the test split's reliability diagrams to the run's
+            TensorBoard logs (the "test" run).
+
+    Returns:
+        {"model": evaluate_scores(...), "random": evaluate_scores(random scores),
+         "probabilities": probability_figures(...) without its curves}.
+    """
+    run = RunDirectory(run_dir)
     model, vocabulary, config = load_run(run_dir)
+    calibration = run.calibration(vocabulary)
     data = config.data
     ks = tuple(ks or config.evaluation.ks)
     batches, count = split_batches(
@@ -48,11 +112,16 @@ def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, pro
         batches = _with_progress(batches, -(-count // batch_size))
     scores, _ = score_batches(model, batches, vocabulary.vectors, config.loss.aggregation)
     labels = np.concatenate(labels)
+    probabilities = probability_figures(scores, labels, vocabulary.unseen, calibration)
+    if reliability_logs:
+        write_reliability_logs(run, probabilities["curves"])
+    del probabilities["curves"]
     return {
         "model": evaluation.evaluate_scores(scores, labels, vocabulary.unseen, ks),
         "random": evaluation.evaluate_scores(
             evaluation.random_scores(scores.shape, seed=config.runtime.seed), labels, vocabulary.unseen, ks
         ),
+        "probabilities": probabilities,
     }
 
 
