@@ -33,6 +33,8 @@ from typing import Optional
 
 import numpy as np
 
+from sdl_keras.atomic import read_json
+
 FORMAT = "sdl_keras.calibration/1"
 METHODS = ("platt", "temperature", "isotonic")
 UNSEEN_POOLINGS = ("score", "rank")
@@ -353,12 +355,7 @@ class Calibration:
 
     @classmethod
     def load(cls, path):
-        with open(path, encoding="utf-8") as f:
-            try:
-                values = json.load(f)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} is not valid JSON: {error}") from None
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_json(path), source=str(path))
 
     def check_tags(self, tags, source="the vocabulary"):
         """Raises unless the calibration was fitted for exactly these tags, in this order."""

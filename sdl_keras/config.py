@@ -13,6 +13,8 @@ import json
 import typing
 from typing import Optional
 
+from sdl_keras.atomic import read_json
+
 # Names other modules register implementations under (sdl_keras.methods,
 # sdl_keras.training.distribute); kept here so a config validates without importing them.
 METHODS = ("sdl", "fast0tag", "l2", "conse", "semantic_softmax")
@@ -290,9 +292,4 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path):
-        with open(path, encoding="utf-8") as f:
-            try:
-                values = json.load(f)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} is not valid JSON: {error}") from None
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_json(path), source=str(path))

@@ -4,7 +4,7 @@
 `tag`, `search build --run_dir` and `calibrate` read it, always through `RunDirectory`:
 
   model.keras       the trained Keras model (images -> A)
-  best.keras        the model of the epoch with the best validation ZSL mAP
+  best.keras        the model of the epoch with the best validation ZSL (or GZSL) mAP
   vocabulary.npz    the TagVocabulary (all tags, seen and unseen, with vectors)
   config.json       the TrainConfig (sdl_keras.config), including how images are decoded
   metrics.json      the last epoch's logs (training metrics, zero-shot figures)
