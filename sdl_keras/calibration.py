@@ -188,13 +188,20 @@ def fit_map(x, y, method):
     return ScoreMap("logistic", slope=[slope], bias=[bias])
 
 
+# Scores within this relative margin of a tag's count as tied, not higher: a vocabulary
+# tag sent again (score_tags, a query) scores it up to rounding and must not outrank itself.
+RANK_TOLERANCE = 1e-5
+
+
 def score_ranks(scores, vocabulary_scores):
     """(N, T) ranks of `scores` (N, T) among each image's vocabulary scores (N, C): 1 + the
-    number of vocabulary tags that score strictly higher (a vocabulary tag's own rank
-    counts the others; a tag outside the vocabulary ranks as if it were added)."""
+    number of vocabulary tags that score higher (by more than RANK_TOLERANCE relative; a
+    vocabulary tag's own rank counts the others; a tag outside the vocabulary ranks as if
+    it were added). float32, as the export computes it."""
     ordered = np.sort(np.asarray(vocabulary_scores, dtype=np.float32), axis=1)
     scores = np.asarray(scores, dtype=np.float32)
-    at_or_below = np.stack([np.searchsorted(row, s, side="right") for row, s in zip(ordered, scores)])
+    limits = scores + np.float32(RANK_TOLERANCE) * (np.float32(1) + np.abs(scores))
+    at_or_below = np.stack([np.searchsorted(row, s, side="right") for row, s in zip(ordered, limits)])
     return 1 + ordered.shape[1] - at_or_below.reshape(scores.shape)
 
 

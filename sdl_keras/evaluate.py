@@ -41,8 +41,7 @@ def main(argv):
     print(f"\nZSL mAP is {ratio:.1f}x the random ranker's.\n")
     probabilities = results["probabilities"]
     if not probabilities["calibrated"]:
-        print(f"Uncalibrated run (no {RunDirectory.CALIBRATION}; python -m sdl_keras.calibrate writes it): "
-              "probabilities are sigmoid(score).")
+        print(f"Uncalibrated run: {probabilities['uncalibrated']}; probabilities are sigmoid(score).")
     print(evaluation.format_threshold_table(probabilities["thresholds"]))
     print()
     print(evaluation.format_calibration_table(probabilities["ece"], inference.ECE_TOP_K))

@@ -93,11 +93,12 @@ def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, pro
 
     Returns:
         {"model": evaluate_scores(...), "random": evaluate_scores(random scores),
-         "probabilities": probability_figures(...) without its curves}.
+         "probabilities": probability_figures(...) without its curves, and "uncalibrated":
+         why the run is not calibrated, or None}.
     """
     run = RunDirectory(run_dir)
     model, vocabulary, config = load_run(run_dir)
-    calibration = run.calibration(vocabulary)
+    calibration, reason = run.calibration_for(run.model_path, vocabulary)
     data = config.data
     ks = tuple(ks or config.evaluation.ks)
     batches, count = split_batches(
@@ -112,7 +113,7 @@ def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, pro
         batches = _with_progress(batches, -(-count // batch_size))
     scores, _ = score_batches(model, batches, vocabulary.vectors, config.loss.aggregation)
     labels = np.concatenate(labels)
-    probabilities = probability_figures(scores, labels, vocabulary.unseen, calibration)
+    probabilities = dict(probability_figures(scores, labels, vocabulary.unseen, calibration), uncalibrated=reason)
     if reliability_logs:
         write_reliability_logs(run, probabilities["curves"])
     del probabilities["curves"]

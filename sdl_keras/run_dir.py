@@ -120,6 +120,19 @@ class RunDirectory:
             calibration.check_tags(vocabulary.tags, self.vocabulary_path)
         return calibration
 
+    def calibration_for(self, model_path, vocabulary):
+        """(the Calibration fitted for this model file and vocabulary, or None; why not)."""
+        if not os.path.exists(self.calibration_path):
+            return None, f"{self.calibration_path} does not exist (python -m sdl_keras.calibrate writes it)"
+        calibration = self.calibration()
+        fitted_for, name = calibration.fitted_on.get("model", self.MODEL), os.path.basename(model_path)
+        if fitted_for != name:
+            return None, (f"{self.calibration_path} was fitted for {fitted_for}, not {name} "
+                          f"(python -m sdl_keras.calibrate --checkpoint={model_path})")
+        if list(calibration.tags) != list(vocabulary.tags):
+            return None, f"{self.calibration_path} was fitted for other tags than the vocabulary's"
+        return calibration, None
+
     def decoding(self):
         """How the run decodes images, as every reader of it must: {"image_size", "crop"}."""
         data = self.config().data

@@ -44,8 +44,8 @@ class KerasEncoder:
         from sdl_keras.run_dir import RunDirectory
 
         run = RunDirectory(run_dir)
-        self.model, _, config = run.load()
-        self.calibration = run.calibration()
+        self.model, vocabulary, config = run.load()
+        self.calibration, _ = run.calibration_for(run.model_path, vocabulary)
         image_size, crop = config.data.image_size, config.data.crop
         self._decode = tf.function(lambda images: decode_images(images, image_size, crop))
         self._tf = tf

@@ -27,6 +27,7 @@ import shutil
 import numpy as np
 
 from pipelines.decode import decode_images
+from sdl_keras.calibration import RANK_TOLERANCE
 from sdl_keras.run_dir import RunDirectory
 from sdl_keras.scoring import tag_scores
 
@@ -111,9 +112,10 @@ class CalibrationOps:
         tf = _tf()
         if self.calibration.unseen_pooling == "score":
             return tf.cast(self._apply("unseen_map", tf.cast(scores, tf.float64)), tf.float32)
-        # Rank among the vocabulary: 1 + the vocabulary tags scoring strictly higher.
+        # Rank among the vocabulary: 1 + the vocabulary tags scoring higher (calibration.score_ranks).
         ordered = tf.sort(vocabulary_scores, axis=1)
-        at_or_below = tf.searchsorted(ordered, scores, side="right")
+        limits = scores + RANK_TOLERANCE * (1.0 + tf.abs(scores))
+        at_or_below = tf.searchsorted(ordered, limits, side="right")
         rank = 1 + tf.shape(ordered, out_type=tf.int32)[1] - at_or_below
         return tf.cast(self._apply("unseen_map", -tf.math.log(tf.cast(rank, tf.float64))), tf.float32)
 
@@ -396,7 +398,7 @@ def export_run(run_dir, output_dir="saved_models", name=None, version=None, top_
     vocab = TagVocabulary.load(vocabulary) if vocabulary else run.vocabulary()
     check_model(model, vocab, source=checkpoint)
     name = name or run.name
-    calibration, reason = run_calibration(run, vocab, checkpoint)
+    calibration, reason = run.calibration_for(checkpoint, vocab)
     if calibration is None and threshold is not None:
         raise ValueError(f"--threshold={threshold} needs a calibrated run: {reason}.")
     settings = {"aggregation": config.loss.aggregation, "crop": config.data.crop}
@@ -408,16 +410,3 @@ def export_run(run_dir, output_dir="saved_models", name=None, version=None, top_
     return path, dict(settings, tags=len(vocab), unseen=len(vocab.unseen), calibrated=calibration is not None,
                       reason=reason)
 
-
-def run_calibration(run, vocabulary, checkpoint):
-    """(the run's Calibration for this model file and vocabulary, or None; why not)."""
-    calibration = run.calibration()
-    if calibration is None:
-        return None, f"{run.calibration_path} does not exist (python -m sdl_keras.calibrate writes it)"
-    fitted_for = calibration.fitted_on.get("model", RunDirectory.MODEL)
-    if fitted_for != os.path.basename(checkpoint):
-        return None, (f"{run.calibration_path} was fitted for {fitted_for}, not {os.path.basename(checkpoint)} "
-                      f"(python -m sdl_keras.calibrate --checkpoint={checkpoint})")
-    if list(calibration.tags) != list(vocabulary.tags):
-        return None, f"{run.calibration_path} was fitted for other tags than the exported vocabulary's"
-    return calibration, None

@@ -71,9 +71,6 @@ def build_callbacks(config, model, vocabulary, validation, write_dir, strategy, 
 def _calibrate(config, model, vocabulary, validation, run, strategy, step):
     """`--calibrate`: the calibration of the final model on the validation split, as
     `python -m sdl_keras.calibrate` fits it (every worker computes it; the chief's is kept)."""
-    if validation is None:
-        raise ValueError("--calibrate needs a validation split: set --validation_fraction > 0 or "
-                         "--validation_source (never the test split).")
     predict = distribute.local_predict_function(model) if strategy.num_replicas_in_sync > 1 else None
     write_calibration(run, *fit_model_calibration(model, vocabulary, config, validation, predict), step=step)
 
@@ -122,6 +119,9 @@ def train(config, callbacks=()):
     steps = config.optimizer.steps_per_epoch or max(train_data.num_images // data_config.batch_size, 1)
     evaluate_every, calibrate = config.evaluation.eval_every, config.calibration.calibrate
     validation = validation_data(config, vocabulary, train_data.held_out) if evaluate_every or calibrate else None
+    if calibrate and validation is None:
+        raise ValueError("--calibrate needs a validation split: set --validation_fraction > 0 or "
+                         "--validation_source (never the test split).")
     # A validation split without unseen positives (one held out of the training images)
     # selects the model that ranks the seen tags best.
     monitor = "val_zsl/mAP" if validation is not None and validation.unseen_positives else "val_gzsl/mAP"

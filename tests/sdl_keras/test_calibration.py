@@ -3,6 +3,8 @@ probabilities, every map is monotone in the score, tags with few positives fall 
 shared map, the unseen map pools by score or by rank, thresholds maximize F1, and a
 calibration survives its JSON file."""
 
+import types
+
 import numpy as np
 import pytest
 
@@ -97,6 +99,8 @@ def test_rank_pooling_maps_each_tag_by_its_rank_in_the_image():
     vocabulary_scores = np.array([[3.0, 1.0, 2.0, 2.0]], np.float32)
     np.testing.assert_array_equal(cal.score_ranks(vocabulary_scores, vocabulary_scores), [[1, 4, 2, 2]])
     np.testing.assert_array_equal(cal.score_ranks(np.array([[5.0, 2.0, 0.0]]), vocabulary_scores), [[1, 2, 5]])
+    # A vocabulary tag scored again, up to rounding, does not outrank itself.
+    np.testing.assert_array_equal(cal.score_ranks(np.array([[2.0 - 1e-6, 3.0 - 2e-6]]), vocabulary_scores), [[2, 1]])
     with pytest.raises(ValueError, match="needs the images' vocabulary scores"):
         fitted.unseen_probabilities(scores[:, :2])
 
@@ -142,7 +146,8 @@ def test_thresholds_default_tuned_or_user_set():
 @pytest.mark.parametrize("method", cal.METHODS)
 def test_a_run_directory_keeps_the_calibration(tmp_path, method):
     scores, labels, tags, unseen = synthetic()
-    fitted = cal.fit_calibration(scores, labels, tags, unseen, method, "rank", fitted_on={"validation": "v.jsonl"})
+    fitted = cal.fit_calibration(scores, labels, tags, unseen, method, "rank",
+                                 fitted_on={"validation": "v.jsonl", "model": RunDirectory.MODEL})
     run = RunDirectory(tmp_path)
     assert run.calibration() is None
     run.write_calibration(fitted)
@@ -151,6 +156,12 @@ def test_a_run_directory_keeps_the_calibration(tmp_path, method):
     assert restored.fitted_on["validation"] == "v.jsonl" and restored.fitted_on["images"] == len(scores)
     with pytest.raises(ValueError, match="first differ at position 1"):
         restored.check_tags(["tag0", "other", *tags[2:]])
+    # Export, evaluate and search use it only for the model file and the tags it was fitted for.
+    vocabulary = types.SimpleNamespace(tags=tuple(tags))
+    assert run.calibration_for(run.model_path, vocabulary)[0] is not None
+    calibration, reason = run.calibration_for(run.best_model_path, vocabulary)
+    assert calibration is None and "was fitted for model.keras, not best.keras" in reason
+    assert "other tags" in run.calibration_for(run.model_path, types.SimpleNamespace(tags=tags[::-1]))[1]
 
 
 def test_bad_input_is_named():

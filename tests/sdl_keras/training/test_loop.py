@@ -51,6 +51,30 @@ def test_loss_falls_and_unseen_tags_rank_above_chance(demo, tmp_path):
     assert results["model"]["gzsl/mAP"] > 2 * results["random"]["gzsl/mAP"], results
 
 
+def test_the_validation_split_is_held_out_of_training_by_the_seed(demo, tmp_path):
+    from sdl_keras.training.data import training_data, validation_data
+
+    _, files = demo
+    config = demo_config(files, str(tmp_path / "run"))
+    vocabulary = training.load_vocabulary(config.data)
+    train = training_data(config, vocabulary, None)
+    assert train.num_images == 768 - 77 and len(train.held_out) == 77
+    # Read again from the config alone (what sdl_keras.calibrate does): the same images.
+    again = validation_data(config, vocabulary)
+    assert again.num_images == 77 and not again.unseen_positives
+    labels = np.concatenate([y for _, y in again.batches.as_numpy_iterator()])
+    np.testing.assert_array_equal(labels, train.held_out.labels)
+    other = validation_data(config.replace(seed=1), vocabulary)
+    assert other.description.endswith("seed 1)")
+    other_labels = np.concatenate([y for _, y in other.batches.as_numpy_iterator()])
+    assert not np.array_equal(other_labels, labels)
+    # An explicit source replaces the held-out images; nothing is then held out.
+    explicit = config.replace(validation_source=files["validation.jsonl"])
+    assert training_data(explicit, vocabulary, None).num_images == 768
+    assert validation_data(explicit, vocabulary).num_images == 64
+    assert validation_data(config.replace(validation_fraction=0.0), vocabulary) is None
+
+
 def test_training_labels_must_not_hold_unseen_tags(demo, tmp_path):
     _, files = demo
     config = demo_config(files, str(tmp_path / "run"), train_source=files["test.jsonl"])
