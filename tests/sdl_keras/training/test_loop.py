@@ -130,8 +130,8 @@ def test_command_lines_train_then_evaluate(demo, tmp_path):
     train = subprocess.run(
         [sys.executable, "-m", "sdl_keras.train", *common, f"--train_source={files['train.jsonl']}",
          f"--test_source={files['test.jsonl']}", f"--validation_source={files['validation.jsonl']}",
-         f"--tags={files['tags.txt']}",
-         f"--word_vectors={files['words.vec']}", f"--unseen_tags={files['unseen_tags.txt']}",
+         f"--tags={files['tags.txt']}", f"--word_vectors={files['words.vec']}",
+         f"--unseen_tags={files['unseen_tags.txt']}",
          "--image_size=32", "--epochs=2", "--steps_per_epoch=2", "--reg_weight=none", f"--run_dir={run_dir}"],
         env=env, capture_output=True, text=True, cwd=testing.REPO_ROOT, timeout=300,
     )
@@ -150,7 +150,9 @@ def test_command_lines_train_then_evaluate(demo, tmp_path):
     assert "| ZSL  |" in evaluate.stdout and "random scores" in evaluate.stdout
     with open(os.path.join(run_dir, "results.json")) as f:
         results = json.load(f)
-    assert set(results) == {"model", "random"} and "zsl/F1@1" in results["model"]
+    assert set(results) == {"model", "random", "probabilities"} and "zsl/F1@1" in results["model"]
+    # demo.flags calibrates when training ends: the second table is the calibrated probabilities'.
+    assert results["probabilities"]["calibrated"] and "ECE seen, top-10" in evaluate.stdout
     assert np.isfinite(results["model"]["gzsl/mAP"])
 
 
