@@ -130,7 +130,7 @@ class RuntimeConfig:
     seed: int = _field(0, "Random seed of shuffling, augmentation and initialization.")
     output_dir: str = _field(
         "runs/sdl", "Run directory (--run_dir is the same flag): model.keras, best.keras, vocabulary.npz, "
-        "config.json, metrics.json, logs/.")
+        "config.json, metrics.json, calibration.json, logs/.")
     verbose: str = _field(
         "auto", "Keras' fit verbosity: 0, 1 (a progress bar), 2 (one line per epoch); auto = 1 on a terminal, "
         "else 2.", VERBOSITY)

@@ -214,6 +214,9 @@ def test_callbacks_run_in_the_order_their_logs_need(tmp_path):
         ("precision", "float16", "--precision='float16'"),
         ("ema_momentum", 1.5, "ema_momentum must be in"),
         ("backup_steps", 0, "backup_steps must be"),
+        ("validation_fraction", 1.0, r"validation_fraction must be in \[0, 1\)"),
+        ("probability_threshold", 1.5, "probability_threshold must be a probability"),
+        ("calibration_method", "beta", "--calibration_method='beta'"),
     ],
 )
 def test_train_config_rejects_bad_values(field, value, message):
