@@ -83,8 +83,9 @@ class Tagger:
                 if self._thresholds is None:
                     record["above_threshold"] = outputs["above_threshold"][i].tolist()
                 else:
-                    record["above_threshold"] = [bool(p >= self._thresholds[t]) for t, p in
-                                                 zip(record["tags"], outputs["probabilities"][i].astype(float))]
+                    # The probabilities as written: a reader of the records gets the same flags from them.
+                    record["above_threshold"] = [p >= self._thresholds[t] for t, p in
+                                                 zip(record["tags"], record["probabilities"])]
             records.append(record)
         return records
 
