@@ -10,9 +10,8 @@
 
 Images come from files and folders (--images), a manifest or TFRecords; matrices from an
 export's `matrix` signature (--model) or a run's model (--run_dir); an unreadable image
-is skipped and listed (sdl_keras/retrieval/). Several --tag add their scores. An index
-built from a calibrated run or export stores its calibration: hits then show each tag's
-probability, and --min_probability leaves out the hits below it.
+is skipped and listed (sdl_keras/retrieval/). Several --tag add their scores. A calibrated
+model's index gives each hit its tags' probabilities (--min_probability filters by them).
 """
 
 import json
@@ -97,7 +96,8 @@ def main(argv):
         index, added, skipped = encoding.add(FLAGS.index, items, total, FLAGS.model, FLAGS.run_dir, **options)
     print(f"{'Built' if command == 'build' else 'Added to'} {FLAGS.index}: {added} images added, {len(skipped)} "
           f"skipped, {len(index)} in the index ({index.num_rows} x {index.dim} {index.dtype}, "
-          f"{'exact and ScaNN' if index.scann_options else 'exact'} search)", file=sys.stderr)
+          f"{'exact and ScaNN' if index.scann_options else 'exact'} search, "
+          f"{'calibrated: hits with probabilities' if index.calibration else 'uncalibrated'})", file=sys.stderr)
     return 1 if skipped else 0
 
 
