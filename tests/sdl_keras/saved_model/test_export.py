@@ -136,6 +136,28 @@ def test_calibration_ops_equal_the_numpy_calibration(method, pooling):
                                fitted.unseen_probabilities(new, test_scores), rtol=0, atol=1e-6)
 
 
+def test_a_calibrated_export_with_a_threshold_given_at_export(exported, tmp_path):
+    model, vocabulary = exported["model"], exported["vocabulary"]
+    rng = np.random.default_rng(4)
+    scores = (rng.normal(size=(200, len(vocabulary))) * 0.05).astype(np.float32)
+    labels = (rng.random(scores.shape) < cal.sigmoid(40 * scores - 1)).astype(np.float32)
+    fitted = cal.fit_calibration(scores, labels, vocabulary.tags, vocabulary.unseen, "isotonic", "score",
+                                 min_positives=5)
+    path = export.export_model(model, vocabulary, str(tmp_path / "calibrated"), top_k=tiny.TOP_K, calibration=fitted,
+                               threshold=0.5)
+    assert export.python_ops(path) == []
+    restored, metadata = export.read_calibration_file(path)
+    assert metadata["above_threshold"] == 0.5 and restored.method == "isotonic"
+    signatures = tf.saved_model.load(path).signatures
+    images = tf.constant([testing.encoded_image(seed=s)[0] for s in range(4)])
+    out = {k: v.numpy() for k, v in signatures["serving_default"](images=images).items()}
+    assert out["probabilities"].shape == out["above_threshold"].shape == (4, tiny.TOP_K)
+    np.testing.assert_array_equal(out["above_threshold"], out["probabilities"] >= 0.5)
+    served = signatures["score_tags"](images=images, tag_vectors=tf.constant(vocabulary.vectors[:3]))
+    expected = fitted.unseen_probabilities(served["scores"].numpy())
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, rtol=0, atol=1e-6)
+
+
 def _saved_model_cli(*args):
     result = subprocess.run(
         [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *args],
