@@ -64,6 +64,13 @@ def main(argv):
     errors = {name: evaluation.calibration_errors(p, test_scores, test_labels, unseen, k)
               for name, p in probabilities.items()}
     print(evaluation.format_calibration_table(errors, k))
+    # Where the seen tags' error is: test images that show an unseen (novel) object or not.
+    default = f"{config.calibration.calibration_method}, unseen by {config.calibration.unseen_pooling}"
+    novel = (test_labels[:, list(unseen)] == 1).any(axis=1)
+    split_errors = [evaluation.calibration_errors(probabilities[default][rows], test_scores[rows], test_labels[rows],
+                                                  unseen, k)[f"ece/seen@{k}"] for rows in (~novel, novel)]
+    print(f"\nSeen tags, {default}, ECE top-{k}: {split_errors[0]:.3f} on the {int((~novel).sum())} test images "
+          f"without an unseen object, {split_errors[1]:.3f} on the {int(novel.sum())} with one.")
 
     rows = []
     for name, calibrated in fitted.items():
@@ -78,7 +85,6 @@ def main(argv):
         from PIL import Image
 
         os.makedirs(FLAGS.figures_dir, exist_ok=True)
-        default = f"{config.calibration.calibration_method}, unseen by {config.calibration.unseen_pooling}"
         top = evaluation.top_k_mask(test_scores, k)
         is_unseen = np.zeros(len(vocabulary), dtype=bool)
         is_unseen[list(unseen)] = True
