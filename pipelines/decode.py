@@ -137,6 +137,9 @@ def image_header(data):
     try:
         with Image.open(io.BytesIO(data)) as image:
             fmt, (width, height) = image.format, image.size
+    except Image.DecompressionBombError as error:
+        # PIL refuses, from the header, images of over twice Image.MAX_IMAGE_PIXELS pixels.
+        raise ValueError(f"is a decompression bomb ({len(data)} bytes): {error}") from None
     except Exception as error:  # PIL raises several types for unreadable headers
         # PIL's "cannot identify" message names only a BytesIO object; other errors say more.
         detail = "" if isinstance(error, UnidentifiedImageError) else f": {error}"
@@ -148,13 +151,20 @@ def image_header(data):
     return fmt, width, height
 
 
-def check_image(data, max_bytes, max_side):
-    """Raises ValueError naming the problem when `data` is not an image within the limits."""
+def check_image(data, max_bytes, max_side, max_pixels=None):
+    """Raises ValueError naming the problem when `data` is not an image within the limits.
+
+    The limits are checked from the header, before decoding: a decoded image costs
+    width x height x 3 bytes however small its file (an 8192x8192 PNG of 196 KB decodes
+    to 201 MB)."""
     if max_bytes and len(data) > max_bytes:
         raise ValueError(f"has {len(data)} bytes, over the limit of {max_bytes}")
     fmt, width, height = image_header(data)
     if max_side and max(width, height) > max_side:
         raise ValueError(f"is a {width}x{height} {fmt} image, over the limit of {max_side} pixels a side")
+    if max_pixels and width * height > max_pixels:
+        raise ValueError(f"is a {width}x{height} {fmt} image of {width * height:,} pixels ({len(data):,} bytes), "
+                         f"over the limit of {max_pixels:,} pixels")
     return fmt, width, height
 
 

@@ -10,14 +10,16 @@ JPEG/PNG/GIF/BMP bytes, decoded and resized inside the graph:
   score_tags       (+ tag_vectors float [T, d]) -> scores (float [B, T]): tags that did
                       not exist at export time, scored at serving time
 
+and, beside the versions, the TF Serving deployment files `models.config`,
+`batching_parameters.txt` and `monitoring.config` (saved_models/README.md shows the serving
+command). Each version holds TF Serving's warmup file: every signature at every batch size
+the batching parameters allow.
+
 A calibrated run (RUN_DIR/calibration.json, sdl_keras.calibration) adds, as graph ops,
 `probabilities` (float [B, K]) and `above_threshold` (bool [B, K], the run's tuned
 thresholds or one given at export) to serving_default and `probabilities` (float [B, T],
 through the unseen-tag map) to score_tags. `assets.extra/calibration.json` says whether
 the export is calibrated and, if it is, holds the calibration and the mask's threshold.
-
-and, beside the versions, the TF Serving deployment files `models.config` and
-`batching_parameters.txt` (saved_models/README.md shows the serving command).
 """
 
 import json
@@ -34,8 +36,14 @@ from sdl_keras.scoring import tag_scores
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 CALIBRATION_FILE = os.path.join("assets.extra", "calibration.json")
 
-# TF Serving's --enable_batching: up to 32 images a batch, waiting at most 2 ms for them.
+# TF Serving's --enable_batching: up to 32 images a batch, waiting at most 2 ms for them. A
+# batch is padded to the next allowed size, so the warmup (run at each) covers every shape
+# the server runs; powers of two waste less than half a batch on padding.
 BATCHING_PARAMETERS = {"max_batch_size": 32, "batch_timeout_micros": 2000, "max_enqueued_batches": 100, "num_batch_threads": 4}
+ALLOWED_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+# TF Serving's --monitoring_config_file: Prometheus metrics on the REST port, at TF Serving's path.
+MONITORING_CONFIG = 'prometheus_config {\n  enable: true\n  path: "/monitoring/prometheus/metrics"\n}\n'
+SIGNATURES = ("serving_default", "matrix", "score_tags")
 
 # Ops that call back into the Python interpreter: a SavedModel holding one cannot
 # be loaded by TF Serving (or anything without the exporting process).
@@ -223,22 +231,28 @@ def next_version(base_path):
     return versions[-1] + 1 if versions else 1
 
 
-def write_warmup_requests(saved_model_dir, model_name, image_size):
-    """TF Serving replays `assets.extra/tf_serving_warmup_requests` before it serves a
-    version, so the first user request does not pay for graph initialization."""
+def write_warmup_requests(saved_model_dir, model_name, image_size, embed_dim, batch_sizes=ALLOWED_BATCH_SIZES):
+    """TF Serving replays `assets.extra/tf_serving_warmup_requests` before it reports a version
+    AVAILABLE, so no user request pays for graph initialization: one request per signature
+    and batch size (score_tags with 8 tag vectors)."""
     tf = _tf()
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     image = tf.io.encode_jpeg(tf.fill([image_size, image_size, 3], tf.constant(128, tf.uint8))).numpy()
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = "serving_default"
-    request.inputs["images"].CopyFrom(tf.make_tensor_proto([image], dtype=tf.string))
-    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    tag_vectors = np.eye(8, embed_dim, dtype=np.float32)
     path = os.path.join(saved_model_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        writer.write(log.SerializeToString())
+        for signature in SIGNATURES:
+            for size in batch_sizes:
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name = model_name
+                request.model_spec.signature_name = signature
+                request.inputs["images"].CopyFrom(tf.make_tensor_proto([image] * size, dtype=tf.string))
+                if signature == "score_tags":
+                    request.inputs["tag_vectors"].CopyFrom(tf.make_tensor_proto(tag_vectors))
+                log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+                writer.write(log.SerializeToString())
 
 
 def write_calibration_file(saved_model_dir, calibration=None, threshold=None, reason=None):
@@ -273,7 +287,8 @@ def read_calibration_file(saved_model_dir):
 
 
 def write_serving_config(base_path, model_name, serving_base_path=None, num_versions=2):
-    """Writes `models.config` and `batching_parameters.txt` beside a model's versions.
+    """Writes `models.config`, `batching_parameters.txt` and `monitoring.config` beside a
+    model's versions.
 
     `models.config` is a ModelServerConfig text proto naming the newest `num_versions`
     exported versions (so a rollback target stays loaded); `serving_base_path` is where
@@ -298,6 +313,11 @@ def write_serving_config(base_path, model_name, serving_base_path=None, num_vers
     with open(os.path.join(base_path, "batching_parameters.txt"), "w") as f:
         for key, value in BATCHING_PARAMETERS.items():
             f.write(f"{key} {{ value: {value} }}\n")
+        for size in ALLOWED_BATCH_SIZES:
+            f.write(f"allowed_batch_sizes: {size}\n")
+    # MonitoringConfig (tensorflow_serving/config/monitoring_config.proto), likewise not shipped.
+    with open(os.path.join(base_path, "monitoring.config"), "w") as f:
+        f.write(MONITORING_CONFIG)
 
 
 def read_saved_model(saved_model_dir):
@@ -350,7 +370,7 @@ def export_model(
     a server polling `base_path` (TF Serving, `sdl_keras.serving.server`) never loads a
     half-written version.
     """
-    image_size, _, _ = check_model(model, vocabulary)
+    image_size, _, embed_dim = check_model(model, vocabulary)
     model_name = model_name or os.path.basename(os.path.normpath(base_path))
     version = next_version(base_path) if version is None else int(version)
     if version < 1:
@@ -367,7 +387,7 @@ def export_model(
         bad = python_ops(staging)
         if bad:
             raise ValueError(f"The exported graph holds ops TF Serving cannot run: {bad}")
-        write_warmup_requests(staging, model_name, image_size)
+        write_warmup_requests(staging, model_name, image_size, embed_dim)
         write_calibration_file(staging, calibration, threshold, uncalibrated_reason)
         os.rename(staging, target)
     finally:

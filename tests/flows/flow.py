@@ -13,7 +13,6 @@ steps); every other setting is the flagfile's, and config.json must record it.
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -159,28 +158,23 @@ class Flow:
 
     def serve(self, base, name, images, vocabulary):
         """A `sdl_keras.serving.server` process (configs/serve.flags, port 0), asked by the
-        `sdl_keras.serving.client` command for the `images`' tags; Ctrl-C ends it cleanly.
+        `sdl_keras.serving.client` command for the `images`' tags; SIGTERM ends it cleanly.
         Returns the client's records, checked against the vocabulary."""
         from sdl_keras.serving.load import start_server_process
 
         command = ["sdl_keras.serving.server", "--flagfile=configs/serve.flags", f"--model_name={name}",
-                   "--rest_api_port=0"]
+                   f"--model_base_path={base}"]
         start = time.monotonic()
-        with open(self.path(f"server-{name}.log"), "w+", encoding="utf-8") as log:
-            process, target, _ = start_server_process(base, *command[1:], cwd=self.folder, stderr=log)
-            try:
-                done = self.run("sdl_keras.serving.client", "--flagfile=configs/client.flags", f"--server={target}",
-                                f"--model={name}", "--format=jsonl", *images)
-            finally:
-                process.send_signal(signal.SIGINT)  # what Ctrl-C sends
-                try:
-                    returncode = process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    returncode = process.wait()
-            self.times.append(("sdl_keras.serving.server (to its end)", time.monotonic() - start))
-            log.seek(0)
-            self.check(command, returncode, "", log.read())
+        server = start_server_process(*command[1:], rest=True, cwd=self.folder, env=testing.python_env())
+        try:
+            done = self.run("sdl_keras.serving.client", "--flagfile=configs/client.flags", f"--server={server.grpc}",
+                            f"--model={name}", "--format=jsonl", *images)
+        finally:
+            returncode = server.stop()  # SIGTERM: the server drains and exits 0
+        self.times.append(("sdl_keras.serving.server (to its end)", time.monotonic() - start))
+        log = server.log()
+        os.remove(server.log_path)
+        self.check(command, returncode, "", log)
         records = [json.loads(line) for line in done.stdout.splitlines()]
         assert [r["image"] for r in records] == list(images), done.stdout
         top_k = int(flagfile_settings(self.path("configs", "export.flags"))["top_k"])

@@ -2,6 +2,7 @@
 
 import io
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -73,6 +74,15 @@ def test_header_checks_name_the_problem():
         decode.check_image(png, max_bytes=10, max_side=100)
     with pytest.raises(ValueError, match="is a 40x30 PNG image, over the limit of 39 pixels a side"):
         decode.check_image(png, max_bytes=10**6, max_side=39)
+    with pytest.raises(ValueError, match=rf"is a 40x30 PNG image of 1,200 pixels \({len(png):,} bytes\), over the "
+                                         "limit of 1,199 pixels"):
+        decode.check_image(png, max_bytes=10**6, max_side=40, max_pixels=1199)
+    # A header declaring 30000 x 30000 pixels: PIL's own bomb check refuses it before any decoding.
+    bomb = bytearray(testing.encode_image(testing.smooth_image((8, 8)), "PNG"))
+    bomb[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR's width and height, then its CRC
+    bomb[29:33] = zlib.crc32(bytes(bomb[12:29])).to_bytes(4, "big")
+    with pytest.raises(ValueError, match=r"is a decompression bomb \(\d+ bytes\): Image size \(900000000 pixels\)"):
+        decode.image_header(bytes(bomb))
     tiff, _ = testing.encoded_image("TIFF")
     with pytest.raises(ValueError, match="is a TIFF image; the model decodes only JPEG, PNG, GIF, BMP"):
         decode.image_header(tiff)
