@@ -6,10 +6,12 @@
     python -m sdl_keras.search add --index=photos_index --images=more_photos/ new.jpg
     python -m sdl_keras.search query --index=photos_index --tag="red circle" --tag=square --top_n=10
     python -m sdl_keras.search query --index=photos_index --tag=zebra --word_vectors=wiki.en.vec --method=scann
+    python -m sdl_keras.search query --index=photos_index --tag="red circle" --min_probability=0.5
 
 Images come from files and folders (--images), a manifest or TFRecords; matrices from an
 export's `matrix` signature (--model) or a run's model (--run_dir); an unreadable image
-is skipped and listed (sdl_keras/retrieval/). Several --tag add their scores.
+is skipped and listed (sdl_keras/retrieval/). Several --tag add their scores. A calibrated
+model's index gives each hit its tags' probabilities (--min_probability filters by them).
 """
 
 import json
@@ -52,13 +54,8 @@ def define_flags():
     flags.DEFINE_integer("num_candidates", None, "ScaNN: rows per tag and shard before exact re-scoring.")
     flags.DEFINE_integer("leaves_to_search", None, "ScaNN: partitions searched per shard.")
     flags.DEFINE_bool("json", False, "Print the hits as JSON.")
-
-
-def format_hits(query, hits):
-    lines = [f"query: {' + '.join(query.names)}", f"{'rank':>4}  {'score':>9}  rows  id"]
-    for rank, hit in enumerate(hits, start=1):
-        lines.append(f"{rank:>4}  {hit.score:9.4f}  {','.join(map(str, hit.rows)):<4}  {hit.id}")
-    return "\n".join(lines)
+    flags.DEFINE_float("min_probability", None, "Leave out of the top_n hits those where a query tag's probability "
+                       "is below this (an index with a calibration only).")
 
 
 def main(argv):
@@ -66,14 +63,14 @@ def main(argv):
         raise app.UsageError(f"python -m sdl_keras.search {{{'|'.join(COMMANDS)}}} --index=DIR [flags]")
     command, extra = argv[1], argv[2:]
     from sdl_keras.retrieval import RetrievalIndex, encoding
-    from sdl_keras.retrieval.index import query_from
+    from sdl_keras.retrieval.index import format_hits, query_from
 
     if command == "query":
         cli.no_arguments([command, *extra])
         index = RetrievalIndex.load(FLAGS.index)
         query = query_from(FLAGS.tag, FLAGS.vector_file, index.vocabulary, FLAGS.word_vectors, FLAGS.allow_pickle)
         hits = index.search(query, FLAGS.top_n, FLAGS.method, num_candidates=FLAGS.num_candidates,
-                            leaves_to_search=FLAGS.leaves_to_search)
+                            leaves_to_search=FLAGS.leaves_to_search, min_probability=FLAGS.min_probability)
         if FLAGS.json:
             print(json.dumps({"query": list(query.names), "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
         else:
@@ -94,7 +91,8 @@ def main(argv):
                                              lock_timeout=None if FLAGS.lock_timeout < 0 else FLAGS.lock_timeout)
     print(f"{'Built' if command == 'build' else 'Added to'} {FLAGS.index}: {added} images added, {len(skipped)} "
           f"skipped, {len(index)} in the index ({index.num_rows} x {index.dim} {index.dtype}, "
-          f"{'exact and ScaNN' if index.scann_options else 'exact'} search)", file=sys.stderr)
+          f"{'exact and ScaNN' if index.scann_options else 'exact'} search, "
+          f"{'calibrated: hits with probabilities' if index.calibration else 'uncalibrated'})", file=sys.stderr)
     return 1 if skipped else 0
 
 

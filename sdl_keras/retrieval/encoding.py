@@ -16,9 +16,10 @@ class SavedModelEncoder:
     def __init__(self, model_path):
         import tensorflow as tf
 
-        from sdl_keras.saved_model import resolve_version_dir
+        from sdl_keras.saved_model import read_calibration_file, resolve_version_dir
 
         self.path = os.path.abspath(resolve_version_dir(model_path))
+        self.calibration, _ = read_calibration_file(self.path)
         self._tf = tf
         signatures = tf.saved_model.load(self.path).signatures
         if "matrix" not in signatures:
@@ -42,7 +43,9 @@ class KerasEncoder:
         from pipelines.decode import decode_images
         from sdl_keras.run_dir import RunDirectory
 
-        self.model, _, config = RunDirectory(run_dir).load()
+        run = RunDirectory(run_dir)
+        self.model, vocabulary, config = run.load()
+        self.calibration, _ = run.calibration_for(run.model_path, vocabulary)
         image_size, crop, mode = config.data.image_size, config.data.crop, config.data.decode_mode
         self._decode = tf.function(lambda images: decode_images(images, image_size, crop, mode))
         self._tf = tf
@@ -193,8 +196,14 @@ def index_images(index_dir, encoder, items, *, create=False, total=None, vocabul
     batches = encode_batches(encoder, items, batch_size, total, skipped)
     if create:
         aggregation = aggregation or encoder.aggregation or "max"
+        # The model's calibration goes with the index (its probabilities need the vocabulary).
+        calibration = encoder.calibration if vocabulary is not None else None
+        if encoder.calibration is not None and vocabulary is None:
+            logger.warning("The model is calibrated, but the index gets no vocabulary: it stores no calibration, "
+                           "and its hits have no probabilities (pass --vocabulary).")
         index = build_index(
-            index_dir, batches, dtype, aggregation, vocabulary, scann, encoder.source, shard_size, overwrite
+            index_dir, batches, dtype, aggregation, vocabulary, scann, encoder.source, shard_size, overwrite,
+            calibration,
         )
         added = len(index)
     else:
