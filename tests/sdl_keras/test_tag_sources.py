@@ -150,8 +150,29 @@ def test_score_text_is_graph_only_and_served_to_the_tensorflow_serving_stub(fold
             with pytest.raises(grpc.RpcError) as error:
                 predict(bad)
             assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in error.value.details()
+        # The command-line client asks score_text with --text.
+        image = str(folder / "data" / "demo" / "images" / "test" / "00000.png")
+        printed = command("sdl_keras.serving.client", f"--server={server.grpc}", "--model=clip", "--format=jsonl",
+                          "--text=purple rings", "--text=zebra", image, cwd=folder).stdout
+        record = json.loads(printed.strip().splitlines()[-1])
+        assert sorted(record["tags"]) == ["purple rings", "zebra"]
+        expected = {"purple rings": served[0][0], "zebra": served[0][2]}
+        assert record["scores"] == pytest.approx([expected[t] for t in record["tags"]], abs=1e-4)
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_free_text_queries_an_index_of_the_text_encoder_run(folder, encoder_run):
+    images = str(folder / "data" / "demo" / "images" / "test")
+    command("sdl_keras.search", "build", "--index=index", "--run_dir=runs/clip", images, cwd=folder)
+    printed = command("sdl_keras.search", "query", "--index=index", "--text=purple rings", "--tag_encoder=clip_tiny",
+                      "--tag_templates=a photo of a {}.|a picture of the {}.", "--json", "--top_n=3", cwd=folder)
+    hits = json.loads(printed.stdout)
+    assert hits["query"] == ["purple rings"] and len(hits["hits"]) == 3
+    # The same hits as the run's own vector of that tag (its vocabulary's).
+    by_tag = json.loads(command("sdl_keras.search", "query", "--index=index", "--tag=purple rings", "--json",
+                                "--top_n=3", cwd=folder).stdout)
+    assert [h["id"] for h in hits["hits"]] == [h["id"] for h in by_tag["hits"]]
 
 
 if __name__ == "__main__":
