@@ -85,6 +85,17 @@ class TagVocabulary:
         tags, unseen = _read_tag_files(tags_path, unseen_path)
         return cls.from_tag_lists(tags, encode_tags(tags, preset, parse_templates(templates), cache_dir), unseen)
 
+    def with_text_encoder(self, preset, templates=None, cache_dir=None):
+        """The same tags and unseen set, their vectors embedded anew by a text encoder (as
+        `from_text_encoder`): e.g. the run's encoder through other prompt templates."""
+        from sdl_keras.embeddings.text_encoder import encode_tags, parse_templates
+
+        vectors = encode_tags(self.tags, preset, parse_templates(templates), cache_dir)
+        if vectors.shape[1] != self.dim:
+            raise ValueError(f"--tag_encoder={preset} embeds tags in {vectors.shape[1]} dimensions; this vocabulary's "
+                             f"(and its model's) have {self.dim}.")
+        return TagVocabulary(self.tags, vectors, self.unseen)
+
     def __len__(self):
         return len(self.tags)
 

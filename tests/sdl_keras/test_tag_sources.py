@@ -14,7 +14,7 @@ import pytest
 
 from pipelines.readers.demo import DemoConfig, make_demo_dataset
 from tests import testing
-from tests.sdl_keras.embeddings import tiny_models
+from sdl_keras.embeddings import demo_models
 
 DATA = DemoConfig(num_train=48, num_test=24, num_validation=24, image_size=32, max_objects=2)
 SHRINK = ["--image_size=32", "--batch_size=16", "--epochs=1", "--steps_per_epoch=2", "--num_rows=2",
@@ -39,8 +39,8 @@ def folder(tmp_path_factory):
         f.write("purple rings\n")  # a plural: no vector in words.vec
     with open(folder / "data" / "demo" / "unseen_tags.txt", "a") as f:
         f.write("purple rings\n")
-    tiny_models.train_fasttext(str(folder / "data"))
-    tiny_models.save_clip_preset(str(folder / "clip_tiny"))
+    demo_models.train_fasttext(str(folder / "data"))
+    demo_models.save_clip_preset(str(folder / "clip_tiny"))
     return folder
 
 
@@ -51,11 +51,17 @@ def train_and_evaluate(folder, run, *flags):
         return json.load(f)["model"]
 
 
-def test_subword_fasttext_vectors_through_training_and_evaluation(folder):
+@pytest.fixture(scope="module")
+def fasttext_run(folder):
+    """The evaluation results of a run whose tag vectors come from the subword FastText model."""
+    return train_and_evaluate(folder, "fasttext", "--word_vectors=data/model.bin")
+
+
+def test_subword_fasttext_vectors_through_training_and_evaluation(folder, fasttext_run):
     from sdl_keras.embeddings import load_tag_vectors
     from sdl_keras.run_dir import RunDirectory
 
-    results = train_and_evaluate(folder, "fasttext", "--word_vectors=data/model.bin")
+    results = fasttext_run
     vocabulary = RunDirectory(folder / "runs" / "fasttext").vocabulary()
     assert "purple rings" in vocabulary.unseen_tags and vocabulary.dim == 16
     expected = load_tag_vectors(str(folder / "data" / "model.bin"), list(vocabulary.tags))
@@ -99,6 +105,14 @@ def test_text_encoder_vectors_are_the_templates_mean_and_cached(folder, encoder_
     again = encode_tags(list(vocabulary.tags), str(folder / "clip_tiny"), templates, str(folder / "cache"))
     np.testing.assert_allclose(again, vocabulary.vectors, atol=1e-6)
     assert 0 <= encoder_run["results"]["gzsl/mAP"] <= 100
+    # evaluate --tag_encoder embeds the run's tags anew: with the run's encoder and templates, the run's figures.
+    command("sdl_keras.evaluate", "--run_dir=runs/clip", "--tag_encoder=clip_tiny", "--results=again.json",
+            "--tag_templates=a photo of a {}.|a picture of the {}.", "--tag_encoder_cache=cache_again", cwd=folder)
+    with open(folder / "again.json") as f:
+        reembedded = json.load(f)
+    assert reembedded["model"] == pytest.approx(encoder_run["results"], abs=1e-6)
+    assert "embedded anew by --tag_encoder=clip_tiny" in reembedded["probabilities"]["uncalibrated"]
+    assert os.listdir(folder / "cache_again") == cached
 
 
 def test_score_text_is_graph_only_and_served_to_the_tensorflow_serving_stub(folder, encoder_run):
@@ -160,6 +174,31 @@ def test_score_text_is_graph_only_and_served_to_the_tensorflow_serving_stub(fold
         assert record["scores"] == pytest.approx([expected[t] for t in record["tags"]], abs=1e-4)
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_tag_scores_free_text_in_the_export_or_embedded_by_the_encoder(folder, encoder_run, fasttext_run):
+    image = str(folder / "data" / "demo" / "images" / "test" / "00000.png")
+    texts = ["--text=purple rings", "--text=zebra", "--text=a red circle"]
+
+    def tag(*flags):
+        return command("sdl_keras.tag", "--model=saved_models/clip", *texts, *flags, image, cwd=folder)
+
+    in_graph = json.loads(tag("--threshold=0.5").stdout.strip())
+    assert sorted(in_graph["tags"]) == ["a red circle", "purple rings", "zebra"]
+    assert in_graph["scores"] == sorted(in_graph["scores"], reverse=True)
+    assert in_graph["above_threshold"] == [p >= 0.5 for p in in_graph["probabilities"]]
+    # Embedded here by the same encoder and templates, scored through score_tags: the same scores.
+    here = json.loads(tag("--tag_encoder=clip_tiny", "--tag_templates=a photo of a {}.|a picture of the {}.",
+                          "--tag_encoder_cache=cache").stdout.strip())
+    assert here["tags"] == in_graph["tags"]
+    assert here["scores"] == pytest.approx(in_graph["scores"], abs=1e-4)
+    assert here["probabilities"] == pytest.approx(in_graph["probabilities"], abs=1e-4)
+    # An export without score_text (a word-vector run's) says so, naming the export.
+    from sdl_keras.tagging import Tagger
+
+    command("sdl_keras.export", "--run_dir=runs/fasttext", "--name=fasttext", cwd=folder)
+    with pytest.raises(ValueError, match="saved_models/fasttext/1 has no score_text signature"):
+        Tagger(str(folder / "saved_models" / "fasttext"), texts=["zebra"])
 
 
 def test_free_text_queries_an_index_of_the_text_encoder_run(folder, encoder_run):
