@@ -1,6 +1,10 @@
-"""Tiny tag-vector models made in the test, since none can be downloaded here: a FastText
-model trained on sentences of the demo's tag words, and a randomly initialised keras_hub
-CLIP saved as a local preset directory."""
+"""Tiny tag-vector models of the demo's words, made where nothing can be downloaded: a FastText
+model trained on sentences of the demo's tag words (its subword vectors), and a randomly
+initialised keras_hub CLIP saved as a local preset directory (plumbing only: its text
+embeddings mean nothing). The tests and the methods comparison's tag-source rows use them:
+
+    python -c "from sdl_keras.embeddings import demo_models; demo_models.write_demo_models('data/demo', 64)"
+"""
 
 import os
 
@@ -21,8 +25,8 @@ def demo_sentences(count=400, seed=0):
              rng.choice(WORDS[:len(COLOURS)]), rng.choice(SHAPES)] for _ in range(count)]
 
 
-def train_fasttext(folder, dim=16):
-    """(model.bin in FastText's format, model.vec of the same vectors) of a FastText model
+def train_fasttext(folder, dim=16, name="model"):
+    """(NAME.bin in FastText's format, NAME.vec of the same vectors) of a FastText model
     (gensim's trainer, FastText's n-grams 3-5) trained on `demo_sentences`."""
     from gensim.models import FastText
     from gensim.models.fasttext import save_facebook_model
@@ -31,7 +35,7 @@ def train_fasttext(folder, dim=16):
     model = FastText(vector_size=dim, window=3, min_count=1, min_n=3, max_n=5, bucket=2000, seed=0, workers=1)
     model.build_vocab(corpus_iterable=sentences)
     model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=5)
-    paths = os.path.join(folder, "model.bin"), os.path.join(folder, "model.vec")
+    paths = os.path.join(folder, name + ".bin"), os.path.join(folder, name + ".vec")
     save_facebook_model(model, paths[0])
     model.wv.save_word2vec_format(paths[1])
     return paths
@@ -76,3 +80,11 @@ def save_clip_preset(folder, projection_dim=16, sequence_length=16, seed=0):
     backbone.save_to_preset(folder)
     preprocessor.save_to_preset(folder)
     return folder
+
+
+def write_demo_models(folder, dim=64):
+    """FOLDER/fasttext.bin and .vec (`train_fasttext`) and FOLDER/clip_random (`save_clip_preset`),
+    both `dim`-dimensional (the demo's words.vec: 64); returns their paths."""
+    os.makedirs(folder, exist_ok=True)
+    return (*train_fasttext(folder, dim, "fasttext"), save_clip_preset(os.path.join(folder, "clip_random"),
+                                                                       projection_dim=dim))

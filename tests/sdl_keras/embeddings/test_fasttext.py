@@ -7,19 +7,19 @@ import pytest
 from sdl_keras.embeddings import TagVocabulary, load_tag_vectors
 from sdl_keras.embeddings.fasttext import is_fasttext_binary
 from tests import testing
-from tests.sdl_keras.embeddings import tiny_models
+from sdl_keras.embeddings import demo_models
 from tests.sdl_keras.embeddings.test_embeddings import write_word2vec_binary
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return tiny_models.train_fasttext(str(tmp_path_factory.mktemp("fasttext")))
+    return demo_models.train_fasttext(str(tmp_path_factory.mktemp("fasttext")))
 
 
 def test_in_vocabulary_words_equal_the_vec_file_of_the_same_model(model):
     binary, text = model
-    from_bin = load_tag_vectors(binary, tiny_models.WORDS + ["red circle"])
-    from_vec = load_tag_vectors(text, tiny_models.WORDS + ["red circle"])
+    from_bin = load_tag_vectors(binary, demo_models.WORDS + ["red circle"])
+    from_vec = load_tag_vectors(text, demo_models.WORDS + ["red circle"])
     np.testing.assert_allclose(from_bin.vectors, from_vec.vectors, atol=1e-6)
     assert from_bin.built_from_subwords == () and from_vec.built_from_subwords == ()
 
@@ -29,13 +29,13 @@ def test_out_of_vocabulary_words_and_phrases_get_vectors_near_their_stems(model)
     queries = ["circles", "squares", "triangles", "purple rings", "crosses"]
     with pytest.raises(KeyError, match="circles"):
         load_tag_vectors(text, queries)  # the .vec file has no vector for them
-    result = load_tag_vectors(binary, tiny_models.WORDS + queries)
+    result = load_tag_vectors(binary, demo_models.WORDS + queries)
     tags, vectors = result  # still the (tags, vectors) pair
-    assert tags == tiny_models.WORDS + queries
+    assert tags == demo_models.WORDS + queries
     assert result.built_from_subwords == tuple(queries)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
-    words = vectors[:len(tiny_models.WORDS)]
-    nearest = {q: tiny_models.WORDS[int(np.argmax(words @ v))] for q, v in zip(queries, vectors[len(words):])}
+    words = vectors[:len(demo_models.WORDS)]
+    nearest = {q: demo_models.WORDS[int(np.argmax(words @ v))] for q, v in zip(queries, vectors[len(words):])}
     # A plural shares most of its character n-grams with its singular.
     assert nearest["circles"] == "circle" and nearest["squares"] == "square" and nearest["triangles"] == "triangle"
     assert nearest["crosses"] == "cross"
