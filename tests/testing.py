@@ -123,3 +123,13 @@ def encode_image(image, fmt, **kwargs):
     out = io.BytesIO()
     image.save(out, fmt, **kwargs)
     return out.getvalue()
+
+
+def damage_record(path, record):
+    """Flips a byte in the middle of record `record` (from 0) of a TFRecord file, as a bad disk
+    block would: its checksum no longer matches."""
+    data, offset = bytearray(open(path, "rb").read()), 0
+    for _ in range(record):
+        offset += 16 + int.from_bytes(data[offset : offset + 8], "little")  # length, its CRC, data, data CRC
+    data[offset + 12 + int.from_bytes(data[offset : offset + 8], "little") // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))

@@ -143,9 +143,8 @@ def test_manifest_and_tfrecord_sources(exported, tmp_path):
     np.testing.assert_allclose(index.shards[0].matrices, encoder([d for _, d in items]), atol=1e-6)
     with pytest.raises(FileNotFoundError, match="No TFRecord files"):
         list(search.tfrecord_items(str(tmp_path / "missing-*")))
-    from tests.sdl_keras.training.test_records import damage
 
-    damage(records, 2)
+    testing.damage_record(records, 2)
     with pytest.raises(ValueError, match=r"test-00000-of-00001.tfrecord: record 3 cannot be read \(corrupted record "
                                          r"at \d+\): rewrite the file"):
         list(search.tfrecord_items(str(tmp_path / "*.tfrecord")))

@@ -242,20 +242,10 @@ def test_unseen_positives_in_training_records_are_refused(data, tmp_path):
         next(iter(dataset))
 
 
-def damage(path, record):
-    """Flips a byte in the middle of record `record` (from 0) of a TFRecord file, as a bad disk
-    block would: its checksum no longer matches."""
-    data, offset = bytearray(open(path, "rb").read()), 0
-    for _ in range(record):
-        offset += 16 + int.from_bytes(data[offset : offset + 8], "little")  # length, its CRC, data, data CRC
-    data[offset + 12 + int.from_bytes(data[offset : offset + 8], "little") // 2] ^= 0xFF
-    open(path, "wb").write(bytes(data))
-
-
 def test_a_damaged_shard_is_skipped_and_counted_or_with_strict_an_error_naming_it(data, tmp_path, caplog):
     damaged = copy_records(data, tmp_path / "damaged")
     shard = os.path.join(damaged, "train-00001-of-00004.tfrecord")
-    damage(shard, 2)
+    testing.damage_record(shard, 2)
     config = records_config(data, str(tmp_path / "run"), train_source=damaged, test_source="", epochs=2,
                             steps_per_epoch=2)
     with caplog.at_level(logging.WARNING):
