@@ -84,6 +84,16 @@ class DataConfig:
         "", "The tag list the rows of an .npy --word_vectors follow, when it is not --tags: rows are picked by "
         "tag name (COCO: classes.txt, the 80 categories of the official wordvec_array, for the split's tags).")
     unseen_tags: str = _field("", "File listing the unseen (zero-shot) tags, one per line.")
+    tag_encoder: str = _field(
+        "", "A keras_hub CLIP or SigLIP preset (a name such as clip_vit_base_patch16, downloaded on first use, or a "
+        "local preset directory) whose text encoder embeds the tags through --tag_templates, instead of "
+        "--word_vectors; the export then also scores free text (its score_text signature).")
+    tag_templates: str = _field(
+        "a photo of a {}.", "--tag_encoder's prompt templates, separated by '|', each with one {} for the tag; a "
+        "tag's vector is the mean of its prompts' embeddings (CLIP's prompt ensemble).")
+    tag_encoder_cache: str = _field(
+        "", "Folder of the cached --tag_encoder vectors (one .npz per encoder and templates); empty = "
+        "~/.cache/sdl_keras/tag_vectors.")
     allow_pickle: bool = _field(False, "Allow reading pickled vector files (unpickling runs code: trusted files only).")
     image_size: int = _field(224, "Images are decoded and resized to this square size (the model's input).")
     crop: str = _field(

@@ -27,6 +27,12 @@ def define_flags():
     flags.DEFINE_enum("empty_tags", None, ["zero", "skip"], "How mAP counts a tag without a positive test image: "
                       "zero (AP 0, the official evaluation) or skip (left out); default: the run's "
                       "(evaluation.empty_tags). Written to the results' settings.")
+    flags.DEFINE_string("tag_encoder", None, "Embed the run's tags anew with this keras_hub text encoder preset "
+                        "(name or directory; its size must be the run's d) and score with those vectors, "
+                        "uncalibrated; default: the run's own vectors.")
+    flags.DEFINE_string("tag_templates", None, "Prompt templates ('|'-separated) to embed the run's tags anew with "
+                        "(--tag_encoder, default the run's: a prompt ablation); default: the run's own vectors.")
+    flags.DEFINE_string("tag_encoder_cache", None, "Folder of cached --tag_encoder vectors; default: the run's.")
     flags.DEFINE_string("results", None, "JSON output; default: RUN_DIR/results.json.")
     flags.mark_flag_as_required("run_dir")
 
@@ -39,7 +45,9 @@ def main(argv):
     ks = [int(k) for k in FLAGS.eval_ks] if FLAGS.eval_ks else None
     results = inference.evaluate_run(FLAGS.run_dir, FLAGS.dataset, FLAGS.test_source, ks,
                                      batch_size=FLAGS.eval_batch_size, empty_tags=FLAGS.empty_tags,
-                                     zsl_source=FLAGS.zsl_test_source, reliability_logs=True)
+                                     zsl_source=FLAGS.zsl_test_source, reliability_logs=True,
+                                     tag_encoder=FLAGS.tag_encoder, tag_templates=FLAGS.tag_templates,
+                                     tag_encoder_cache=FLAGS.tag_encoder_cache)
     ks = sorted({int(key.split("@")[1]) for key in results["model"] if "@" in key})
     print()
     print(evaluation.format_table({"SDL (this run)": results["model"], "random scores": results["random"]}, ks))

@@ -114,25 +114,46 @@ def markdown_table(rows, k=3):
 RANDOM = "random scores"
 
 
-def compare_methods(base_config, methods, compare_dir, skip_trained=False):
-    """Trains and evaluates each method; returns {method: evaluate_scores result, RANDOM: ...}."""
+ENCODER_PREFIX = "encoder:"
+
+
+def parse_tag_sources(specs):
+    """`NAME=FILE` (a word-vector file, any `load_tag_vectors` format) or `NAME=encoder:PRESET`
+    (a keras_hub text encoder, `--tag_encoder`) -> {NAME: the TrainConfig fields it sets}."""
+    sources = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not value or name in sources:
+            raise ValueError(f"--tag_sources: {spec!r} is not NAME=FILE or NAME=encoder:PRESET with a new NAME.")
+        if value.startswith(ENCODER_PREFIX):
+            sources[name] = {"tag_encoder": value[len(ENCODER_PREFIX):]}
+        else:
+            sources[name] = {"word_vectors": value, "tag_encoder": ""}
+    return sources
+
+
+def compare_methods(base_config, methods, compare_dir, skip_trained=False, tag_sources=None):
+    """Trains and evaluates each method (with each of `tag_sources`, `parse_tag_sources`'s, into
+    COMPARE_DIR/METHOD-SOURCE, rows "METHOD (SOURCE)"; none: the config's own vectors, into
+    COMPARE_DIR/METHOD); returns {row: evaluate_scores result, RANDOM: ...}."""
     for method in methods:
         get_method(method)  # unknown names fail before any training
     results = {}
     for method in methods:
-        run = RunDirectory(os.path.join(compare_dir, method))
-        if not (skip_trained and os.path.exists(run.model_path)):
-            train(base_config.replace(method=method, output_dir=run.path))
-        evaluated = inference.evaluate_run(run.path, progress=False)
-        run.write_results(evaluated)
-        results[method] = evaluated["model"]
-        results.setdefault(RANDOM, evaluated["random"])
+        for source, fields in (tag_sources or {None: {}}).items():
+            run = RunDirectory(os.path.join(compare_dir, method if source is None else f"{method}-{source}"))
+            if not (skip_trained and os.path.exists(run.model_path)):
+                train(base_config.replace(method=method, output_dir=run.path, **fields))
+            evaluated = inference.evaluate_run(run.path, progress=False)
+            run.write_results(evaluated)
+            results[method if source is None else f"{method} ({source})"] = evaluated["model"]
+            results.setdefault(RANDOM, evaluated["random"])
     # The chance level last, under the methods.
     results[RANDOM] = results.pop(RANDOM)
     return results
 
 
-def comparison_markdown(results, config, methods):
+def comparison_markdown(results, config, methods, tag_sources=None):
     """The comparison as Markdown: what was run, then the table."""
     c = config.flat()
     ks = tuple(c["ks"])
@@ -142,6 +163,11 @@ def comparison_markdown(results, config, methods):
         f"learning rate {c['learning_rate']}; SDL with M={c['num_rows']}, lambda={c['reg_weight']}; "
         f"CONSE T={c['conse_top_t']}; Semantic Softmax L2 weight {c['semantic_softmax_l2']}"
     )
+    if tag_sources:
+        described = (f"{name} `{fields.get('tag_encoder') or fields['word_vectors']}`"
+                     + (f" (text encoder, templates `{c['tag_templates']}`)" if fields.get("tag_encoder") else "")
+                     for name, fields in tag_sources.items())
+        settings += "; tag vectors: " + ", ".join(described)
     zsl_images = next(iter(results.values()))["zsl/num_images"]
     gzsl_images = next(iter(results.values()))["gzsl/num_images"]
     return "\n".join([
@@ -167,12 +193,12 @@ def write_ablation_table(rows, path):
     return table
 
 
-def write_comparison(results, config, method_names, compare_dir):
+def write_comparison(results, config, method_names, compare_dir, tag_sources=None):
     """COMPARE_DIR/comparison.json (every figure) and comparison.md (the table); returns the table."""
     from sdl_keras.atomic import write_json_atomically
 
     write_json_atomically(os.path.join(compare_dir, "comparison.json"), results, sort_keys=False)  # table order
-    table = comparison_markdown(results, config, method_names)
+    table = comparison_markdown(results, config, method_names, tag_sources)
     with open(os.path.join(compare_dir, "comparison.md"), "w", encoding="utf-8") as f:
         f.write(table)
     return table

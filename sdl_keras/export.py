@@ -25,6 +25,8 @@ def define_flags():
     flags.DEFINE_string("threshold", None, "Calibrated runs: the above_threshold mask's threshold, 'tuned' (the "
                         "per-tag thresholds) or a probability (default: the calibration's probability_threshold "
                         "if set, else tuned).")
+    flags.DEFINE_string("tag_encoder", None, "The keras_hub text encoder preset (name or directory) of the score_text "
+                        "signature (default: the run's --tag_encoder; a run without one exports no score_text).")
     flags.mark_flag_as_required("run_dir")
 
 
@@ -38,11 +40,12 @@ def main(argv):
     path, settings = export_run(
         FLAGS.run_dir, FLAGS.output_dir, FLAGS.name, FLAGS.version or None, FLAGS.top_k,
         FLAGS.serving_base_path or None, FLAGS.num_versions, FLAGS.checkpoint, FLAGS.vocabulary, threshold,
+        FLAGS.tag_encoder,
     )
     calibrated = "calibrated" if settings["calibrated"] else f"uncalibrated ({settings['reason']})"
     print(f"Exported {FLAGS.checkpoint or FLAGS.run_dir} with {settings['tags']} tags ({settings['unseen']} unseen), "
           f"{settings['aggregation']} aggregation, crop {settings['crop']}, decode {settings['decode_mode']}, "
-          f"{calibrated}, to {path}")
+          f"{calibrated}{', score_text' if settings['text_encoder'] else ''}, to {path}")
 
 
 def run():

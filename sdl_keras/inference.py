@@ -105,7 +105,7 @@ def score_split(run, dataset, source, batch_size=64, progress=True):
 
 
 def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, progress=True, empty_tags=None,
-                 zsl_source=None, reliability_logs=False):
+                 zsl_source=None, reliability_logs=False, tag_encoder=None, tag_templates=None, tag_encoder_cache=None):
     """ZSL/GZSL figures of a run on its test split, beside a random ranker's, and how good its
     probabilities are on the GZSL split (`probability_figures`: calibrated when the run has
     calibration.json).
@@ -115,7 +115,10 @@ def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, pro
     the run's `data.zsl_test_source`), the ZSL figures come from that split and the GZSL
     ones from `source`, as the official COCO code evaluates val_unseen.json and
     val_17_48.json. With `reliability_logs`, the GZSL split's reliability diagrams also go
-    to the run's TensorBoard logs (the "test" run).
+    to the run's TensorBoard logs (the "test" run). With a `tag_encoder` or `tag_templates`,
+    the vocabulary's tags are embedded anew (`TagVocabulary.with_text_encoder`: that encoder,
+    default the run's, through those templates, default the run's) and scored with those
+    vectors, uncalibrated (the run's calibration was fitted to its own vectors' scores).
 
     Returns:
         {"model": evaluate_scores(...), "random": evaluate_scores(random scores),
@@ -125,9 +128,18 @@ def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, pro
     """
     directory = RunDirectory(run_dir)
     run = directory.load()
-    _, vocabulary, config = run
-    calibration, reason = directory.calibration_for(directory.model_path, vocabulary)
+    model, vocabulary, config = run
     data = config.data
+    calibration, reason = directory.calibration_for(directory.model_path, vocabulary)
+    if tag_encoder or tag_templates:
+        tag_encoder, tag_templates = tag_encoder or data.tag_encoder, tag_templates or data.tag_templates
+        if not tag_encoder:
+            raise ValueError(f"{run_dir} has no --tag_encoder (its tag vectors come from {data.word_vectors}): give "
+                             "the text encoder that embeds its tags anew.")
+        vocabulary = vocabulary.with_text_encoder(tag_encoder, tag_templates, tag_encoder_cache or data.tag_encoder_cache
+                                                  or None)
+        run = (model, vocabulary, config)
+        calibration, reason = None, f"tags embedded anew by --tag_encoder={tag_encoder} ({tag_templates!r})"
     ks = tuple(ks or config.evaluation.ks)
     empty_tags = empty_tags or config.evaluation.empty_tags
     dataset, source = dataset or data.dataset, source or data.test_source
@@ -147,7 +159,9 @@ def evaluate_run(run_dir, dataset=None, source=None, ks=None, batch_size=64, pro
     if reliability_logs:
         write_reliability_logs(directory, curves)
     results["probabilities"] = probabilities
-    results["settings"] = {"empty_tags": empty_tags, "test_source": source, "zsl_test_source": zsl_source or source}
+    results["settings"] = {"empty_tags": empty_tags, "test_source": source, "zsl_test_source": zsl_source or source,
+                           "tag_encoder": tag_encoder or data.tag_encoder or None,
+                           "tag_templates": tag_templates or (data.tag_templates if data.tag_encoder else None)}
     return results
 
 

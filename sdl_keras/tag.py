@@ -4,9 +4,10 @@
     python -m sdl_keras.tag --model saved_models/demo/3 photos/ --output tags.csv --annotate figures/
 
     python -m sdl_keras.tag --model saved_models/demo photos/ --threshold=tuned --annotate figures/
+    python -m sdl_keras.tag --model saved_models/clip photos/ --text="a red bicycle" --text="a dog on a beach"
 
 Writes JSON lines (image, tags, scores, rows, unseen; probabilities and above_threshold
-for a calibrated export) or CSV; an unreadable image gets a line with its error and the
+for a calibrated export) or CSV; with --text, the given free texts scored, best first; an unreadable image gets a line with its error and the
 exit status is 1 (sdl_keras/tagging.py).
 """
 
@@ -28,6 +29,14 @@ def define_flags():
     flags.DEFINE_string("threshold", None, "A probability, or 'tuned' (the calibration's per-tag thresholds): sets "
                         "above_threshold, and --annotate draws only the tags above it (a calibrated export only; "
                         "default: the export's own mask, all top tags drawn).")
+    flags.DEFINE_multi_string("text", [], "A free text to score for every image instead of the export's top tags "
+                              "(repeatable): through the export's score_text signature (a run whose tag vectors "
+                              "come from a text encoder), or with --tag_encoder through score_tags.")
+    flags.DEFINE_string("tag_encoder", None, "Embed --text here with this keras_hub text encoder preset (name or "
+                        "directory; the one the export's run was trained with) and score through score_tags.")
+    flags.DEFINE_string("tag_templates", None, "--tag_encoder's prompt templates, '|'-separated (the run's).")
+    flags.DEFINE_string("tag_encoder_cache", None, "Folder of cached --tag_encoder vectors (default: "
+                        "~/.cache/sdl_keras/tag_vectors).")
 
 
 def main(argv):
@@ -35,7 +44,8 @@ def main(argv):
     from sdl_keras.tagging import tag_paths
 
     tagged, failed, tagger = tag_paths(FLAGS.model, argv[1:], FLAGS.output, FLAGS.format, FLAGS.batch_size,
-                                       FLAGS.annotate, parse_threshold(FLAGS.threshold))
+                                       FLAGS.annotate, parse_threshold(FLAGS.threshold), FLAGS.text,
+                                       FLAGS.tag_encoder, FLAGS.tag_templates, FLAGS.tag_encoder_cache)
     calibrated = "calibrated" if tagger.calibration else "uncalibrated: scores only, no probabilities"
     print(f"Tagged {tagged} of {tagged + failed} images with {tagger.path} ({calibrated})", file=sys.stderr)
     return 1 if failed else 0

@@ -9,6 +9,11 @@ lines or CSV (image, top-K tags, scores, dominant rows, unseen flags, and for a 
 export probabilities and above-threshold flags); `annotate` draws each image with its
 tags beside it, unseen tags marked, only the tags above the threshold when one is given.
 
+With texts (`python -m sdl_keras.tag --text=...`), each image's record holds those free texts
+scored, best first (and their probabilities for a calibrated export): through the export's
+`score_text` signature, which embeds them in the graph, or, given a text encoder, embedded
+here and scored through `score_tags`.
+
 Thresholds: a probability (one for every tag), "tuned" (the per-tag thresholds the
 calibration tuned on the validation split, read from the export's calibration.json), or
 none (the mask the export computes, with the threshold it was exported with).
@@ -17,6 +22,8 @@ none (the mask the export computes, with the threshold it was exported with).
 import csv
 import json
 import os
+
+import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 OUTPUT_FIELDS = ("tags", "scores", "rows", "unseen")
@@ -39,22 +46,36 @@ def find_images(paths):
 
 
 class Tagger:
-    """The `serving_default` signature of an export, as a Python function on image bytes.
+    """The `serving_default` signature of an export, as a Python function on image bytes; with
+    `texts`, its `score_text` signature scoring those free texts instead (an export of a run
+    whose tag vectors come from a text encoder), or, given `text_vectors` (the texts embedded
+    here, `sdl_keras.embeddings.text_encoder.encode_tags`), its `score_tags` signature.
 
     Args:
         model_path: an export folder or one version of it.
         threshold: None (the export's own above_threshold mask), "tuned" or a probability;
-            a threshold needs a calibrated export.
+            a threshold needs a calibrated export ("tuned" with texts: only texts that are
+            the export's tags have tuned thresholds).
+        texts: free texts to score for every image (records: the texts, best first).
+        text_vectors: (T, d) vectors of `texts`; None: the export embeds them (score_text).
     """
 
-    def __init__(self, model_path, threshold=None):
+    def __init__(self, model_path, threshold=None, texts=(), text_vectors=None):
         import tensorflow as tf
 
-        from sdl_keras.saved_model import read_calibration_file, resolve_version_dir
+        from sdl_keras.saved_model import TEXT_SIGNATURE, load_text_ops, read_calibration_file, resolve_version_dir
 
         self.path = resolve_version_dir(model_path)
         self._tf = tf
-        self._signature = tf.saved_model.load(self.path).signatures["serving_default"]
+        self.texts, self._text_vectors = [str(t) for t in texts], text_vectors
+        load_text_ops(self.path)
+        signatures = tf.saved_model.load(self.path).signatures
+        name = "serving_default" if not self.texts else "score_tags" if text_vectors is not None else TEXT_SIGNATURE
+        if name not in signatures:
+            raise ValueError(f"{self.path} has no {name} signature: only the export of a run whose tag vectors come "
+                             "from a text encoder (--tag_encoder) scores free text; with another export, give "
+                             "--tag_encoder to embed the texts here and score them through score_tags.")
+        self._signature = signatures[name]
         self.calibration, metadata = read_calibration_file(self.path)
         self.threshold = threshold
         if self.calibration is None and threshold is not None:
@@ -65,27 +86,46 @@ class Tagger:
         if threshold is not None:
             vector = self.calibration.threshold_vector(threshold)
             self._thresholds = dict(zip(self.calibration.tags, vector.tolist()))
+            untuned = [t for t in self.texts if t not in self._thresholds]
+            if untuned and threshold == "tuned":
+                raise ValueError(f"--threshold=tuned: texts {untuned} are not tags of {self.path}, so they have no "
+                                 "tuned threshold; give a probability.")
+            self._thresholds.update(dict.fromkeys(untuned, threshold))
 
     def __call__(self, images):
-        """[{tags, scores, rows, unseen (, probabilities, above_threshold)}] for a batch of encoded images."""
-        outputs = self._signature(images=self._tf.constant(images, dtype=self._tf.string))
+        """[{tags, scores, rows, unseen (, probabilities, above_threshold)}] for a batch of encoded
+        images; with texts, [{tags (the texts, best first), scores (, probabilities, above_threshold)}]."""
+        images = self._tf.constant(images, dtype=self._tf.string)
+        if self._text_vectors is not None:
+            outputs = self._signature(images=images, tag_vectors=self._tf.constant(self._text_vectors, self._tf.float32))
+        elif self.texts:
+            outputs = self._signature(images=images, texts=self._tf.constant(self.texts, dtype=self._tf.string))
+        else:
+            outputs = self._signature(images=images)
         outputs = {k: v.numpy() for k, v in outputs.items()}
         records = []
         for i in range(len(images)):
-            record = {
-                "tags": [t.decode("utf-8") for t in outputs["tags"][i]],
-                "scores": [round(float(s), 6) for s in outputs["scores"][i]],
-                "rows": outputs["rows"][i].tolist(),
-                "unseen": outputs["unseen"][i].tolist(),
-            }
+            if self.texts:
+                order = np.argsort(-outputs["scores"][i], kind="stable")
+                record = {"tags": [self.texts[j] for j in order],
+                          "scores": [round(float(s), 6) for s in outputs["scores"][i][order]]}
+                outputs_i = {k: v[i][order] for k, v in outputs.items()}
+            else:
+                record = {
+                    "tags": [t.decode("utf-8") for t in outputs["tags"][i]],
+                    "scores": [round(float(s), 6) for s in outputs["scores"][i]],
+                    "rows": outputs["rows"][i].tolist(),
+                    "unseen": outputs["unseen"][i].tolist(),
+                }
+                outputs_i = {k: v[i] for k, v in outputs.items()}
             if "probabilities" in outputs:
-                record["probabilities"] = [round(float(p), 6) for p in outputs["probabilities"][i]]
-                if self._thresholds is None:
-                    record["above_threshold"] = outputs["above_threshold"][i].tolist()
-                else:
+                record["probabilities"] = [round(float(p), 6) for p in outputs_i["probabilities"]]
+                if self._thresholds is not None:
                     # The probabilities as written: a reader of the records gets the same flags from them.
                     record["above_threshold"] = [p >= self._thresholds[t] for t, p in
                                                  zip(record["tags"], record["probabilities"])]
+                elif "above_threshold" in outputs:
+                    record["above_threshold"] = outputs_i["above_threshold"].tolist()
             records.append(record)
         return records
 
@@ -184,8 +224,9 @@ def annotate(image_path, record, out_path, panel_width=300, min_height=240, abov
     x = image.width + 10
     heading = f"{len(shown)} tags above the threshold" if above_only else f"top {len(shown)} tags"
     draw.text((x, 6), f"{heading}  (red: unseen)", fill="black", font=font)
+    flags_unseen = record.get("unseen", [False] * len(record["tags"]))  # free texts have no unseen flags
     for row, i in enumerate(shown, start=1):
-        tag, score, unseen = record["tags"][i], record["scores"][i], record["unseen"][i]
+        tag, score, unseen = record["tags"][i], record["scores"][i], flags_unseen[i]
         probability = f"  p={record['probabilities'][i]:.2f}" if "probabilities" in record else ""
         text = f"{tag}  {score:.3f}{probability}" + ("  (unseen)" if unseen else "")
         draw.text((x, 6 + line * row), text, fill=(200, 0, 0) if unseen else "black", font=font)
@@ -202,11 +243,14 @@ def annotation_path(out_dir, image_path, taken):
     return os.path.join(out_dir, name)
 
 
-def tag_paths(model, paths, output, fmt=None, batch_size=16, annotate_dir=None, threshold=None):
+def tag_paths(model, paths, output, fmt=None, batch_size=16, annotate_dir=None, threshold=None, texts=(),
+              tag_encoder=None, templates=None, cache_dir=None):
     """Tags the image files and folders in `paths` with an export and writes the records to
     `output` (a path, or "-" for stdout) as JSON lines or CSV (`fmt`, default from the
     suffix); with `annotate_dir`, also the annotated images (only the tags above
-    `threshold` when one is given: "tuned" or a probability). Returns (images tagged,
+    `threshold` when one is given: "tuned" or a probability). With `texts`, scores those
+    free texts (the export's score_text; with a `tag_encoder` preset and its prompt
+    `templates`, embedded here and scored through score_tags). Returns (images tagged,
     images failed, the Tagger used)."""
     import sys
 
@@ -215,7 +259,14 @@ def tag_paths(model, paths, output, fmt=None, batch_size=16, annotate_dir=None, 
     files = find_images(paths)
     if not files:
         raise FileNotFoundError("No images to tag: give image files or folders holding .jpg/.png/.gif/.bmp files.")
-    tagger = Tagger(model, threshold)
+    text_vectors = None
+    if tag_encoder:
+        if not texts:
+            raise ValueError("--tag_encoder embeds the --text to score: give at least one --text.")
+        from sdl_keras.embeddings.text_encoder import encode_tags, parse_templates
+
+        text_vectors = encode_tags(texts, tag_encoder, parse_templates(templates), cache_dir)
+    tagger = Tagger(model, threshold, texts, text_vectors)
     fmt = fmt or ("csv" if output.lower().endswith(".csv") else "jsonl")
     if annotate_dir:
         os.makedirs(annotate_dir, exist_ok=True)

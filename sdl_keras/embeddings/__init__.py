@@ -4,6 +4,7 @@ run (`vocabulary`). NumPy only."""
 from pipelines.text import read_lines
 from sdl_keras.embeddings.formats import (
     FORMATS,
+    TagVectors,
     l2_normalize,
     load_official_tag_list,
     load_tag_vectors,
@@ -12,6 +13,6 @@ from sdl_keras.embeddings.formats import (
 from sdl_keras.embeddings.vocabulary import TagVocabulary
 
 __all__ = [
-    "FORMATS", "TagVocabulary", "l2_normalize", "load_official_tag_list", "load_tag_vectors", "read_lines",
+    "FORMATS", "TagVectors", "TagVocabulary", "l2_normalize", "load_official_tag_list", "load_tag_vectors", "read_lines",
     "tag_words",
 ]

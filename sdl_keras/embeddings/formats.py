@@ -3,7 +3,10 @@
 Formats `load_tag_vectors` reads, chosen by file suffix (or `fmt=`):
   .vec  FastText text, a "count dim" header line then "word v1 ... vd" lines
   .txt  GloVe text, the same lines without a header
-  .bin  word2vec binary ("count dim\\n", then "word " + d float32 per word)
+  .bin  word2vec binary ("count dim\\n", then "word " + d float32 per word), or a FastText
+        model (told apart by FastText's magic number): any word gets a vector from its
+        character n-grams (sdl_keras.embeddings.fasttext); the result's
+        `built_from_subwords` names the tags that needed them
   .npy  a (C, d) array whose rows follow `tags` (or `row_tags`, picked by name)
   .npz  arrays "tags" (C,) and "vectors" (C, d); rows are picked by tag name
   .pickle / .pkl  the official ZS_SDL `wordvec_array.pickle`: a d x C array (or a
@@ -31,6 +34,7 @@ import re
 import numpy as np
 
 from pipelines.text import not_utf8
+from sdl_keras.embeddings.fasttext import is_fasttext_binary, load_fasttext_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -389,6 +393,28 @@ def _load_pickle(path, tags, allow_pickle):
     return (tags if tags is not None else [str(i) for i in range(array.shape[0])]), array
 
 
+class TagVectors(tuple):
+    """What `load_tag_vectors` returns: the pair (tags, vectors), which unpacks as before,
+    and `built_from_subwords`, the tags a FastText model embedded from character n-grams
+    (a word of theirs is outside its vocabulary); empty for every other format."""
+
+    def __new__(cls, tags, vectors, built_from_subwords=()):
+        pair = super().__new__(cls, (tags, vectors))
+        pair.built_from_subwords = tuple(built_from_subwords)
+        return pair
+
+    tags = property(lambda self: self[0])
+    vectors = property(lambda self: self[1])
+
+
+def _load_fasttext(path, tags, on_missing):
+    if tags is None:
+        raise ValueError(f"{path} is a FastText model: pass the tag list to embed.")
+    vectors, from_subwords, missing = load_fasttext_vectors(path, tags, tag_words)
+    kept, vectors = _resolve_missing(tags, vectors, missing, path, on_missing)
+    return kept, vectors, [t for t in from_subwords if t in kept]
+
+
 def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missing="error", row_tags=None):
     """Loads l2-normalized vectors for `tags`.
 
@@ -404,7 +430,9 @@ def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missin
             COCO's 80 classes); the rows of `tags` are picked by name.
 
     Returns:
-        (tags, vectors): the tag list actually covered, and a (C, d) float32 array.
+        TagVectors (tags, vectors): the tag list actually covered, and a (C, d) float32
+        array; its `built_from_subwords` names the tags a FastText model embedded from
+        character n-grams.
 
     Raises:
         ValueError: naming the file and line (or row) of a value that is not a number,
@@ -418,7 +446,10 @@ def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missin
     tags = None if tags is None else [str(t) for t in tags]
     if row_tags is not None and fmt != "npy":
         raise ValueError(f"{path}: a list of the tags the rows follow is for .npy vectors, not .{fmt}.")
-    if fmt in WORD_READERS:
+    from_subwords = ()
+    if fmt == "bin" and is_fasttext_binary(path):
+        tags, vectors, from_subwords = _load_fasttext(path, tags, on_missing)
+    elif fmt in WORD_READERS:
         tags, vectors = _load_word_vectors(path, tags, WORD_READERS[fmt], on_missing)
     elif fmt == "npy":
         tags, vectors = _load_npy(path, tags, row_tags, on_missing)
@@ -426,7 +457,7 @@ def load_tag_vectors(path, tags=None, *, fmt=None, allow_pickle=False, on_missin
         tags, vectors = _load_npz(path, tags, on_missing)
     else:
         tags, vectors = _load_pickle(path, tags, allow_pickle)
-    return tags, l2_normalize(vectors)
+    return TagVectors(tags, l2_normalize(vectors), from_subwords)
 
 
 def load_official_tag_list(path):

@@ -9,6 +9,18 @@ from pipelines.text import lines_listing, numbered_lines, read_unique_lines
 from sdl_keras.embeddings.formats import l2_normalize, load_tag_vectors
 
 
+def _read_tag_files(tags_path, unseen_path):
+    """(tags, unseen tags) of a tag list file and an optional unseen-tag file; errors name the
+    file and line of a tag listed twice or an unseen tag not in the list."""
+    tags = read_unique_lines(tags_path)
+    unseen = list(numbered_lines(unseen_path)) if unseen_path else []
+    known = set(tags)
+    unknown = {tag: [line_no] for line_no, tag in unseen if tag not in known}
+    if unknown:
+        raise KeyError(f"{unseen_path}: {len(unknown)} unseen tag(s) not in {tags_path}: {lines_listing(unknown)}.")
+    return tags, [tag for _, tag in unseen]
+
+
 @dataclasses.dataclass(frozen=True)
 class TagVocabulary:
     """Tags, their vectors and which of them are unseen in training.
@@ -56,19 +68,33 @@ class TagVocabulary:
 
         Errors name the file and line: a tag listed twice, an unseen tag not in the tag
         list, and (from `load_tag_vectors`) a word whose vector is not finite."""
-        tags = read_unique_lines(tags_path)
-        unseen = list(numbered_lines(unseen_path)) if unseen_path else []
-        known = set(tags)
-        unknown = {tag: [line_no] for line_no, tag in unseen if tag not in known}
-        if unknown:
-            raise KeyError(f"{unseen_path}: {len(unknown)} unseen tag(s) not in {tags_path}: {lines_listing(unknown)}.")
+        tags, unseen = _read_tag_files(tags_path, unseen_path)
         kept, vectors = load_tag_vectors(
             vectors_path, tags, allow_pickle=allow_pickle, on_missing=on_missing,
             row_tags=read_unique_lines(vector_tags) if vector_tags else None,
         )
-        unseen = [tag for _, tag in unseen]
         dropped = set(tags) - set(kept)
         return cls.from_tag_lists(kept, vectors, [t for t in unseen if t not in dropped])
+
+    @classmethod
+    def from_text_encoder(cls, tags_path, preset, unseen_path=None, templates=None, cache_dir=None):
+        """A vocabulary whose vectors a keras_hub text encoder makes from the tags themselves
+        (sdl_keras.embeddings.text_encoder): every tag has one, whatever its words."""
+        from sdl_keras.embeddings.text_encoder import encode_tags, parse_templates
+
+        tags, unseen = _read_tag_files(tags_path, unseen_path)
+        return cls.from_tag_lists(tags, encode_tags(tags, preset, parse_templates(templates), cache_dir), unseen)
+
+    def with_text_encoder(self, preset, templates=None, cache_dir=None):
+        """The same tags and unseen set, their vectors embedded anew by a text encoder (as
+        `from_text_encoder`): e.g. the run's encoder through other prompt templates."""
+        from sdl_keras.embeddings.text_encoder import encode_tags, parse_templates
+
+        vectors = encode_tags(self.tags, preset, parse_templates(templates), cache_dir)
+        if vectors.shape[1] != self.dim:
+            raise ValueError(f"--tag_encoder={preset} embeds tags in {vectors.shape[1]} dimensions; this vocabulary's "
+                             f"(and its model's) have {self.dim}.")
+        return TagVocabulary(self.tags, vectors, self.unseen)
 
     def __len__(self):
         return len(self.tags)

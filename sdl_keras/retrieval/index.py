@@ -174,8 +174,19 @@ def format_hits(query, hits):
     return "\n".join(lines)
 
 
-def query_from(tags=(), vector_file=None, vocabulary=None, word_vectors=None, allow_pickle=False):
-    """A Query from tag names (`tag_query`) or from an .npy of vectors, (d,) or (T, d)."""
+def query_from(tags=(), vector_file=None, vocabulary=None, word_vectors=None, allow_pickle=False, texts=(),
+               tag_encoder=None, templates=None, cache_dir=None):
+    """A Query from tag names (`tag_query`), from an .npy of vectors, (d,) or (T, d), or from
+    free `texts` embedded by a keras_hub text encoder (`tag_encoder`, the index's run's, with
+    its prompt `templates`)."""
+    if texts:
+        if tags or vector_file:
+            raise ValueError("Pass texts, tags or a vector file, one of them.")
+        if not tag_encoder:
+            raise ValueError("A free-text query needs the text encoder of the index's run (--tag_encoder).")
+        from sdl_keras.embeddings.text_encoder import encode_tags, parse_templates
+
+        return Query(encode_tags(texts, tag_encoder, parse_templates(templates), cache_dir), list(texts))
     if vector_file:
         if tags:
             raise ValueError("Pass tags or a vector file, not both.")

@@ -10,6 +10,11 @@ JPEG/PNG/GIF/BMP bytes, decoded and resized inside the graph:
   score_tags       (+ tag_vectors float [T, d]) -> scores (float [B, T]): tags that did
                       not exist at export time, scored at serving time
 
+  score_text       (+ texts string [T]) -> scores (float [B, T]): only for a run whose tag
+                      vectors come from a text encoder (its --tag_encoder): the encoder's
+                      tokenizer and text tower embed the texts inside the graph, through the
+                      run's prompt templates, so any phrase is a tag with no Python in the server
+
 and, beside the versions, the TF Serving deployment files `models.config`,
 `batching_parameters.txt` and `monitoring.config` (saved_models/README.md shows the serving
 command). Each version holds TF Serving's warmup file: every signature at every batch size
@@ -18,7 +23,7 @@ the batching parameters allow.
 A calibrated run (RUN_DIR/calibration.json, sdl_keras.calibration) adds, as graph ops,
 `probabilities` (float [B, K]) and `above_threshold` (bool [B, K], the run's tuned
 thresholds or one given at export) to serving_default and `probabilities` (float [B, T],
-through the unseen-tag map) to score_tags. `assets.extra/calibration.json` says whether
+through the unseen-tag map) to score_tags and score_text. `assets.extra/calibration.json` says whether
 the export is calibrated and, if it is, holds the calibration and the mask's threshold.
 """
 
@@ -44,6 +49,16 @@ ALLOWED_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 # TF Serving's --monitoring_config_file: Prometheus metrics on the REST port, at TF Serving's path.
 MONITORING_CONFIG = 'prometheus_config {\n  enable: true\n  path: "/monitoring/prometheus/metrics"\n}\n'
 SIGNATURES = ("serving_default", "matrix", "score_tags")
+TEXT_SIGNATURE = "score_text"
+# score_text's limits, checked in the graph (TF Serving answers INVALID_ARGUMENT with the message).
+MAX_TEXTS = 256
+MAX_TEXT_BYTES = 1024
+
+# Ops from TensorFlow Text that a text encoder's tokenizer needs besides core TensorFlow:
+# keras_hub's byte-pair tokenizers (CLIP) split words with RegexSplitWithOffsets. TF Serving's
+# stock model server links TF Text's whole op library (@org_tensorflow_text//tensorflow_text:ops_lib
+# in tensorflow_serving/model_servers/BUILD); a process loading the export imports tensorflow_text.
+TEXT_OPS = frozenset({"RegexSplitWithOffsets"})
 
 # Ops that call back into the Python interpreter: a SavedModel holding one cannot
 # be loaded by TF Serving (or anything without the exporting process).
@@ -135,15 +150,41 @@ class CalibrationOps:
         return tf.where(self._is_unseen, self.unseen_probabilities(scores, scores), seen)
 
 
+def text_vectors(encoder, texts):
+    """(T, d) l2-normalized vectors of a string tensor, as `TextTagEncoder.encode` makes them:
+    each text put into every prompt template, the embeddings averaged, as graph ops."""
+    tf = _tf()
+    total = 0.0
+    for template in encoder.templates:
+        prefix, suffix = template.split("{}")
+        total += encoder.embed(tf.strings.join([prefix, texts, suffix]))
+    return tf.math.l2_normalize(total / len(encoder.templates), axis=-1)
+
+
+def checked_texts(texts):
+    """`texts` after the graph's checks: 1 to MAX_TEXTS strings of at most MAX_TEXT_BYTES bytes."""
+    tf = _tf()
+    count = tf.size(texts)
+    checks = [
+        tf.debugging.assert_positive(count, message="texts is empty: give at least one text to score"),
+        tf.debugging.assert_less_equal(count, MAX_TEXTS, message=f"texts holds over {MAX_TEXTS} texts"),
+        tf.debugging.assert_less_equal(tf.reduce_max(tf.strings.length(texts)), MAX_TEXT_BYTES,
+                                       message=f"a text of texts is over {MAX_TEXT_BYTES} bytes long"),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(texts)
+
+
 def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="none", decode_mode="fast",
-                         calibration=None, threshold=None):
+                         calibration=None, threshold=None, text_encoder=None):
     """A `keras.export.ExportArchive` holding the three SDL signatures (module docstring).
 
     `aggregation`, `crop` and `decode_mode` must be the run's (its config.json): tags are
     scored and images decoded as in training and evaluation. With a `calibration` (fitted for the
     vocabulary's tags), serving_default and score_tags also return probabilities, and
     serving_default the mask of `threshold` ("tuned", a probability, or None: the
-    calibration's default, `Calibration.threshold_vector`).
+    calibration's default, `Calibration.threshold_vector`). With a `text_encoder`
+    (sdl_keras.embeddings.text_encoder.TextTagEncoder, the run's), score_text is added.
     """
     import keras
 
@@ -188,8 +229,14 @@ def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="n
     def score_tags(images, tag_vectors):
         # Served tags are scored like the vocabulary's, whose vectors are l2-normalized
         # (DESIGN.md conventions); raw word vectors would otherwise score on another scale.
+        return score_vectors(images, tf.math.l2_normalize(tag_vectors, axis=-1))
+
+    def score_text(images, texts):
+        return score_vectors(images, text_vectors(text_encoder, checked_texts(texts)))
+
+    def score_vectors(images, vectors):
         matrices = matrix_of(images)
-        scores, _ = tag_scores(matrices, tf.math.l2_normalize(tag_vectors, axis=-1), aggregation)
+        scores, _ = tag_scores(matrices, vectors, aggregation)
         if calibration is None:
             return {"scores": scores}
         vocabulary_scores = None
@@ -206,6 +253,14 @@ def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="n
         score_tags,
         input_signature=[images_spec, tf.TensorSpec([None, embed_dim], tf.float32, name="tag_vectors")],
     )
+    if text_encoder is not None:
+        if text_encoder.dim != embed_dim:
+            raise ValueError(f"{text_encoder} embeds texts in {text_encoder.dim} dimensions; the model's principal "
+                             f"directions have {embed_dim}.")
+        archive.track(text_encoder.backbone)
+        archive.track(text_encoder.preprocessor)
+        archive.add_endpoint(TEXT_SIGNATURE, score_text,
+                             input_signature=[images_spec, tf.TensorSpec([None], tf.string, name="texts")])
     return archive
 
 
@@ -231,10 +286,11 @@ def next_version(base_path):
     return versions[-1] + 1 if versions else 1
 
 
-def write_warmup_requests(saved_model_dir, model_name, image_size, embed_dim, batch_sizes=ALLOWED_BATCH_SIZES):
+def write_warmup_requests(saved_model_dir, model_name, image_size, embed_dim, batch_sizes=ALLOWED_BATCH_SIZES,
+                          signatures=SIGNATURES):
     """TF Serving replays `assets.extra/tf_serving_warmup_requests` before it reports a version
     AVAILABLE, so no user request pays for graph initialization: one request per signature
-    and batch size (score_tags with 8 tag vectors)."""
+    and batch size (score_tags with 8 tag vectors, score_text with 8 texts)."""
     tf = _tf()
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
@@ -243,7 +299,7 @@ def write_warmup_requests(saved_model_dir, model_name, image_size, embed_dim, ba
     path = os.path.join(saved_model_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        for signature in SIGNATURES:
+        for signature in signatures:
             for size in batch_sizes:
                 request = predict_pb2.PredictRequest()
                 request.model_spec.name = model_name
@@ -251,6 +307,9 @@ def write_warmup_requests(saved_model_dir, model_name, image_size, embed_dim, ba
                 request.inputs["images"].CopyFrom(tf.make_tensor_proto([image] * size, dtype=tf.string))
                 if signature == "score_tags":
                     request.inputs["tag_vectors"].CopyFrom(tf.make_tensor_proto(tag_vectors))
+                if signature == TEXT_SIGNATURE:
+                    texts = [f"tag {i}".encode() for i in range(8)]
+                    request.inputs["texts"].CopyFrom(tf.make_tensor_proto(texts, dtype=tf.string))
                 log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
                 writer.write(log.SerializeToString())
 
@@ -330,11 +389,8 @@ def read_saved_model(saved_model_dir):
     return saved_model
 
 
-def python_ops(saved_model_dir):
-    """Sorted names of the ops in a SavedModel's graph (functions included) that TF
-    Serving cannot run: Python-bound ops, and ops missing from TensorFlow's registry."""
-    from tensorflow.python.framework import op_def_registry
-
+def graph_ops(saved_model_dir):
+    """The names of the ops in a SavedModel's graph, its functions' included."""
     saved_model = read_saved_model(saved_model_dir)
     ops = set()
     for meta_graph in saved_model.meta_graphs:
@@ -342,8 +398,30 @@ def python_ops(saved_model_dir):
         for function in meta_graph.graph_def.library.function:
             ops.update(node.op for node in function.node_def)
     function_names = {f.signature.name for mg in saved_model.meta_graphs for f in mg.graph_def.library.function}
-    foreign = {op for op in ops if op not in function_names and op_def_registry.get(op) is None}
+    return ops - function_names
+
+
+def python_ops(saved_model_dir, allowed=TEXT_OPS):
+    """Sorted names of the ops in a SavedModel's graph (functions included) that TF
+    Serving cannot run: Python-bound ops, and ops that are not core TensorFlow's (not in
+    tf.raw_ops, whatever this process has loaded) except those in `allowed`."""
+    tf = _tf()
+    ops = graph_ops(saved_model_dir)
+    foreign = {op for op in ops if not hasattr(tf.raw_ops, op) and op not in allowed}
     return sorted((ops & PYTHON_OPS) | foreign)
+
+
+def load_text_ops(saved_model_dir):
+    """Registers the TF Text ops an export's graph uses (importing tensorflow_text), so that
+    this process can load it; returns them."""
+    used = graph_ops(saved_model_dir) & TEXT_OPS
+    if used:
+        try:
+            import tensorflow_text  # noqa: F401  (registers the ops)
+        except ImportError:
+            raise ImportError(f"{saved_model_dir} uses TensorFlow Text ops {sorted(used)}: pip install "
+                              "tensorflow-text (requirements.txt pins it).") from None
+    return used
 
 
 def export_model(
@@ -361,11 +439,12 @@ def export_model(
     calibration=None,
     threshold=None,
     uncalibrated_reason=None,
+    text_encoder=None,
 ):
     """Writes `base_path/<version>/` and refreshes the deployment files; returns its path.
 
     `calibration` and `threshold` as `build_export_archive`; `uncalibrated_reason` is what
-    an uncalibrated export's calibration.json says.
+    an uncalibrated export's calibration.json says; `text_encoder` adds score_text.
 
     The SavedModel is written to a hidden temporary folder and renamed into place, so
     a server polling `base_path` (TF Serving, `sdl_keras.serving.server`) never loads a
@@ -384,11 +463,12 @@ def export_model(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         build_export_archive(model, vocabulary, top_k, aggregation, crop, decode_mode, calibration,
-                             threshold).write_out(staging, verbose=False)
+                             threshold, text_encoder).write_out(staging, verbose=False)
         bad = python_ops(staging)
         if bad:
             raise ValueError(f"The exported graph holds ops TF Serving cannot run: {bad}")
-        write_warmup_requests(staging, model_name, image_size, embed_dim)
+        signatures = SIGNATURES + ((TEXT_SIGNATURE,) if text_encoder is not None else ())
+        write_warmup_requests(staging, model_name, image_size, embed_dim, signatures=signatures)
         write_calibration_file(staging, calibration, threshold, uncalibrated_reason)
         os.rename(staging, target)
     finally:
@@ -398,14 +478,15 @@ def export_model(
 
 
 def export_run(run_dir, output_dir="saved_models", name=None, version=None, top_k=10, serving_base_path=None,
-               num_versions=2, checkpoint=None, vocabulary=None, threshold=None):
+               num_versions=2, checkpoint=None, vocabulary=None, threshold=None, tag_encoder=None):
     """Exports a run directory (its model.keras, or `checkpoint`) with its vocabulary, scoring
     and decoding as the run's config says, calibrated when the run is (its calibration.json,
     fitted for the same model file and tags); returns (path of the version written, settings).
 
     `name` defaults to the run directory's name; `vocabulary` (an .npz path) to the run's;
     `threshold` is the above_threshold mask's ("tuned", a probability; default the
-    calibration's own).
+    calibration's own); `tag_encoder` the text encoder preset of score_text (default the
+    run's --tag_encoder; none: no score_text).
     """
     from sdl_keras import saving
     from sdl_keras.embeddings import TagVocabulary
@@ -424,11 +505,17 @@ def export_run(run_dir, output_dir="saved_models", name=None, version=None, top_
         raise ValueError(f"--threshold={threshold} needs a calibrated run: {reason}.")
     settings = {"aggregation": config.loss.aggregation, "crop": config.data.crop,
                 "decode_mode": config.data.decode_mode}
+    tag_encoder = tag_encoder or config.data.tag_encoder
+    text_encoder = None
+    if tag_encoder:
+        from sdl_keras.embeddings.text_encoder import TextTagEncoder, parse_templates
+
+        text_encoder = TextTagEncoder(tag_encoder, parse_templates(config.data.tag_templates))
     path = export_model(
         model, vocab, os.path.join(output_dir, name), version=version, top_k=top_k, model_name=name,
         serving_base_path=serving_base_path, num_versions=num_versions, calibration=calibration,
-        threshold=threshold, uncalibrated_reason=reason, **settings,
+        threshold=threshold, uncalibrated_reason=reason, text_encoder=text_encoder, **settings,
     )
     return path, dict(settings, tags=len(vocab), unseen=len(vocab.unseen), calibrated=calibration is not None,
-                      reason=reason)
+                      reason=reason, text_encoder=tag_encoder or None)
 

@@ -24,9 +24,11 @@ def define_flags():
     flags.DEFINE_string("rest", None, "Use the REST API at HOST:PORT (TF Serving's 8501) instead of gRPC.")
     flags.DEFINE_string("model", None, "The served model's name.", required=True)
     flags.DEFINE_integer("version", 0, "The model version (0: the one the server serves by default).")
-    flags.DEFINE_string("signature", "serving_default", "serving_default, matrix or score_tags.")
+    flags.DEFINE_string("signature", "serving_default", "serving_default, matrix, score_tags or score_text.")
     flags.DEFINE_string("tags", None, "Comma-separated tags to score through score_tags (any words, seen or not).")
     flags.DEFINE_string("tag_vectors", None, "The word-vector file --tags are looked up in (.vec/.txt/.bin/.npz).")
+    flags.DEFINE_multi_string("text", [], "A free-text tag to score through score_text (repeatable; an export "
+                              "of a run whose tags come from a text encoder).")
     flags.DEFINE_integer("top_k", 0, "With --tags: print the best K tags (0: all).")
     flags.DEFINE_integer("batch_size", 8, "Images per request.")
     flags.DEFINE_enum("format", "table", ["table", "jsonl"], "Output format.")
@@ -54,6 +56,8 @@ def main(argv):
                 raise app.UsageError("--tags needs --tag_vectors, the word-vector file to look them up in.")
             tags, vectors = load_tag_vectors(FLAGS.tag_vectors, [t.strip() for t in FLAGS.tags.split(",") if t.strip()])
             signature = "score_tags"
+        elif FLAGS.text:
+            signature, tags = "score_text", list(FLAGS.text)
         failed = 0
         for batch, results, error in tag_image_files(client, FLAGS.model, paths, FLAGS.batch_size, signature, version,
                                                      tags, vectors, FLAGS.top_k or None):

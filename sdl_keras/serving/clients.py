@@ -148,7 +148,7 @@ class RestClient:
 _REST_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED",
                500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 # TF Serving's REST API answers a one-output signature with the bare value.
-_SINGLE_OUTPUTS = {"matrix": "matrix", "score_tags": "scores"}
+_SINGLE_OUTPUTS = {"matrix": "matrix", "score_tags": "scores", "score_text": "scores"}
 _OUTPUT_ORDER = ("tags", "scores", "rows", "unseen")
 
 
@@ -163,18 +163,22 @@ def tag_images(client, model, images, signature="serving_default", version=None,
     """One result dict per encoded image.
 
     serving_default: tags, scores, rows, unseen (the export's top K). score_tags: the
-    given `tags` scored with `tag_vectors` (T, d), best first, `top_k` of them.
-    matrix: the (M, d) matrix. Other signatures: their outputs as lists.
+    given `tags` scored with `tag_vectors` (T, d), best first, `top_k` of them. score_text:
+    the same for free-text `tags`, embedded by the export's text encoder. matrix: the (M, d) matrix. Other signatures: their outputs as lists.
     """
     inputs = {"images": np.array(list(images), dtype=object)}
     if signature == "score_tags":
         if tags is None or tag_vectors is None:
             raise ValueError("score_tags needs tags and their vectors (--tags and --tag_vectors).")
         inputs["tag_vectors"] = np.asarray(tag_vectors, dtype=np.float32)
+    if signature == "score_text":
+        if not tags:
+            raise ValueError("score_text needs texts (--text).")
+        inputs["texts"] = np.array([t.encode("utf-8") for t in tags], dtype=object)
     outputs = client.predict(model, inputs, signature, version)
     results = []
     for i in range(len(images)):
-        if signature == "score_tags":
+        if signature in ("score_tags", "score_text"):
             scores = outputs["scores"][i]
             order = np.argsort(-scores, kind="stable")[:top_k]
             results.append({"tags": [tags[j] for j in order], "scores": scores[order].tolist()})

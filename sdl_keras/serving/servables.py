@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.decode import check_image, error_text, find_undecodable
-from sdl_keras.saved_model import WARMUP_FILE, read_saved_model
+from sdl_keras.saved_model import WARMUP_FILE, load_text_ops, read_saved_model
 from sdl_keras.serving import monitoring
 from sdl_keras.serving.batching import IMAGES, BatchScheduler
 from sdl_keras.serving.errors import ServingError, grpc_code, invalid
@@ -74,6 +74,7 @@ class Servable:
 
     def __init__(self, name, version, path, limits=Limits(), batching=None):
         self.name, self.version, self.path, self.limits = name, version, path, limits
+        load_text_ops(path)
         self._loaded = tf.saved_model.load(path)
         self.signatures = dict(self._loaded.signatures)
         self.signature_defs = read_signature_defs(path)
@@ -106,7 +107,8 @@ class Servable:
             if spec.dtype == tf.string:
                 if array.dtype.kind not in "OS" or (array.dtype.kind == "O" and not all(
                         isinstance(v, bytes) for v in array.flat)):
-                    raise invalid(f"Input {key!r} must be DT_STRING (encoded image bytes), got {array.dtype}.")
+                    raise invalid(f"Input {key!r} must be DT_STRING ({'encoded image bytes' if key == IMAGES else 'UTF-8 text'}), "
+                                  f"got {array.dtype}.")
             elif array.dtype != spec.dtype.as_numpy_dtype:
                 raise invalid(f"Input {key!r} must be {spec.dtype.name}, got {array.dtype}.")
             if not spec.shape.is_compatible_with(array.shape):

@@ -22,7 +22,16 @@ logger = logging.getLogger(__name__)
 
 
 def load_vocabulary(data):
-    """The run's TagVocabulary from the files a DataConfig names."""
+    """The run's TagVocabulary from the files a DataConfig names: vectors from --tag_encoder
+    when it is set (--word_vectors is then not read), else from --word_vectors."""
+    if data.tag_encoder:
+        if not data.tags:
+            raise ValueError("--tags is empty: the vocabulary needs a tag list.")
+        if data.word_vectors:
+            logger.info("--tag_encoder=%s embeds the tags; --word_vectors=%s is not read.", data.tag_encoder,
+                        data.word_vectors)
+        return TagVocabulary.from_text_encoder(data.tags, data.tag_encoder, data.unseen_tags or None,
+                                               data.tag_templates, data.tag_encoder_cache or None)
     for field in ("tags", "word_vectors"):
         if not getattr(data, field):
             raise ValueError(f"--{field} is empty: the vocabulary needs a tag list and vectors.")

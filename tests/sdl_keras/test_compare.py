@@ -40,5 +40,18 @@ def test_compare_writes_a_table_row_pair_per_method(tmp_path):
         assert json.load(f)["model"]["num_rows"] == 1
 
 
+def test_tag_sources_name_a_vector_file_or_a_text_encoder():
+    import pytest
+
+    from sdl_keras.experiments import parse_tag_sources
+
+    sources = parse_tag_sources(["words=data/words.vec", "clip=encoder:presets/clip"])
+    assert sources == {"words": {"word_vectors": "data/words.vec", "tag_encoder": ""},
+                       "clip": {"tag_encoder": "presets/clip"}}
+    for bad in (["words"], ["=x.vec"], ["a=x.vec", "a=y.vec"]):
+        with pytest.raises(ValueError, match="NAME=FILE or NAME=encoder:PRESET"):
+            parse_tag_sources(bad)
+
+
 if __name__ == "__main__":
     testing.run(__file__)
