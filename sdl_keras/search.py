@@ -49,6 +49,7 @@ def define_flags():
     flags.DEFINE_multi_string("text", [], "A free-text query, embedded by --tag_encoder (repeatable).")
     flags.DEFINE_string("tag_encoder", None, "The keras_hub text encoder preset (name or directory) of the index's run.")
     flags.DEFINE_string("tag_templates", None, "--tag_encoder's prompt templates, '|'-separated (the run's).")
+    flags.DEFINE_string("tag_encoder_cache", None, "Folder of --tag_encoder's cached vectors (default ~/.cache/sdl_keras).")
     flags.DEFINE_string("vector_file", None, "An .npy of query vectors, (d,) or (T, d), instead of tags.")
     flags.DEFINE_string("word_vectors", None, "Word vectors for tags outside the index's vocabulary.")
     flags.DEFINE_bool("allow_pickle", False, "Allow a pickled --word_vectors file (trusted files only).")
@@ -72,7 +73,7 @@ def main(argv):
         cli.no_arguments([command, *extra])
         index = RetrievalIndex.load(FLAGS.index)
         query = query_from(FLAGS.tag, FLAGS.vector_file, index.vocabulary, FLAGS.word_vectors, FLAGS.allow_pickle,
-                           FLAGS.text, FLAGS.tag_encoder, FLAGS.tag_templates)
+                           FLAGS.text, FLAGS.tag_encoder, FLAGS.tag_templates, FLAGS.tag_encoder_cache)
         hits = index.search(query, FLAGS.top_n, FLAGS.method, num_candidates=FLAGS.num_candidates,
                             leaves_to_search=FLAGS.leaves_to_search, min_probability=FLAGS.min_probability)
         if FLAGS.json:

@@ -32,6 +32,17 @@ def write_word_vectors(path, words, dim=16, seed=0):
     return path
 
 
+def write_word2vec_binary(path, vectors):
+    """A word2vec binary .bin ("count dim" line, then each word, a space and its float32 bytes)
+    of `vectors`, {word: values}."""
+    dim = len(next(iter(vectors.values())))
+    with open(path, "wb") as f:
+        f.write(f"{len(vectors)} {dim}\n".encode())
+        for word, values in vectors.items():
+            f.write(word.encode() + b" " + np.asarray(values, np.float32).tobytes() + b"\n")
+    return path
+
+
 # -- NUS-WIDE (pipelines/readers/nus_wide.py) -----------------------------------------------
 
 PLACEHOLDER = b"GIF89a photo unavailable placeholder bytes"

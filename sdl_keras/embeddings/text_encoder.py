@@ -127,9 +127,14 @@ def encode_tags(tags, preset, templates=DEFAULT_TEMPLATES, cache_dir=None, encod
         encoder = encoder or TextTagEncoder(preset, templates)
         logger.info("Embedding %d tag(s) with %s (cache %s)", len(missing), encoder, path)
         cached.update(zip(missing, encoder.encode(missing)))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         names = list(cached)
-        write_atomically(path, lambda temporary: np.savez(
-            temporary, tags=np.array(names, dtype=str), vectors=np.stack([cached[n] for n in names]),
-            encoder=np.array(str(preset)), templates=np.array(list(templates), dtype=str)))
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_atomically(path, lambda temporary: np.savez(
+                temporary, tags=np.array(names, dtype=str), vectors=np.stack([cached[n] for n in names]),
+                encoder=np.array(str(preset)), templates=np.array(list(templates), dtype=str)))
+        except OSError as error:
+            # The cache only saves time: the vectors are computed, so the command goes on.
+            logger.warning("Cannot write the tag-vector cache %s (%s); the tags will be embedded again next time. "
+                           "Point --tag_encoder_cache at a writable folder.", path, error)
     return np.stack([cached[t] for t in tags]).astype(np.float32)

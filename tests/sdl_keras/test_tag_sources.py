@@ -205,7 +205,8 @@ def test_free_text_queries_an_index_of_the_text_encoder_run(folder, encoder_run)
     images = str(folder / "data" / "demo" / "images" / "test")
     command("sdl_keras.search", "build", "--index=index", "--run_dir=runs/clip", images, cwd=folder)
     printed = command("sdl_keras.search", "query", "--index=index", "--text=purple rings", "--tag_encoder=clip_tiny",
-                      "--tag_templates=a photo of a {}.|a picture of the {}.", "--json", "--top_n=3", cwd=folder)
+                      "--tag_templates=a photo of a {}.|a picture of the {}.", "--tag_encoder_cache=cache", "--json",
+                      "--top_n=3", cwd=folder)
     hits = json.loads(printed.stdout)
     assert hits["query"] == ["purple rings"] and len(hits["hits"]) == 3
     # The same hits as the run's own vector of that tag (its vocabulary's).

@@ -7,6 +7,7 @@ import pytest
 
 from sdl_keras.embeddings import TagVocabulary, load_official_tag_list, load_tag_vectors, read_lines
 from tests import testing
+from tests.datasets import write_word2vec_binary
 
 WORDS = {"hot": [1.0, 0.0, 0.0], "dog": [0.0, 1.0, 0.0], "teddy": [0.0, 0.0, 2.0], "bear": [2.0, 0.0, 0.0],
          "cat": [0.0, 3.0, 4.0]}
@@ -25,17 +26,10 @@ def write_text(path, header):
             f.write(word + " " + " ".join(map(str, values)) + "\n")
 
 
-def write_word2vec_binary(path):
-    with open(path, "wb") as f:
-        f.write(f"{len(WORDS)} 3\n".encode())
-        for word, values in WORDS.items():
-            f.write(word.encode() + b" " + np.asarray(values, np.float32).tobytes() + b"\n")
-
-
 @pytest.mark.parametrize("suffix", ["vec", "txt", "bin"])
 def test_word_vector_files_average_multi_word_tags(tmp_path, suffix):
     path = str(tmp_path / f"words.{suffix}")
-    write_word2vec_binary(path) if suffix == "bin" else write_text(path, header=suffix == "vec")
+    write_word2vec_binary(path, WORDS) if suffix == "bin" else write_text(path, header=suffix == "vec")
     tags, vectors = load_tag_vectors(path, ["cat", "hot dog", "teddy_bear", "Hot-Dog"])
     assert tags == ["cat", "hot dog", "teddy_bear", "Hot-Dog"]
     np.testing.assert_allclose(vectors, [expected("cat"), expected("hot", "dog"), expected("teddy", "bear"),

@@ -8,7 +8,7 @@ from sdl_keras.embeddings import TagVocabulary, load_tag_vectors
 from sdl_keras.embeddings.fasttext import is_fasttext_binary
 from tests import testing
 from sdl_keras.embeddings import demo_models
-from tests.sdl_keras.embeddings.test_embeddings import write_word2vec_binary
+from tests.datasets import write_word2vec_binary
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_out_of_vocabulary_words_and_phrases_get_vectors_near_their_stems(model)
 
 def test_the_magic_number_tells_fasttext_from_word2vec_binaries(model, tmp_path):
     word2vec = str(tmp_path / "w2v.bin")
-    write_word2vec_binary(word2vec)
+    write_word2vec_binary(word2vec, {"cat": [0.0, 3.0, 4.0], "dog": [0.0, 1.0, 0.0]})
     assert is_fasttext_binary(model[0]) and not is_fasttext_binary(word2vec)
     tags, vectors = load_tag_vectors(word2vec, ["cat"])
     assert tags == ["cat"] and vectors.shape == (1, 3)
