@@ -8,7 +8,7 @@ import dataclasses
 
 from absl import flags
 
-from pipelines.command import no_arguments, run, setup_logging  # noqa: F401  (the commands' entry points)
+from pipelines.command import no_arguments, run, setup_logging, split_pipeline_options  # noqa: F401  (entry points)
 from sdl_keras.config import leaf_type
 
 

@@ -6,13 +6,16 @@
     python -m sdl_keras.search add --index=photos_index --images=more_photos/ new.jpg
     python -m sdl_keras.search query --index=photos_index --tag="red circle" --tag=square --top_n=10
     python -m sdl_keras.search query --index=photos_index --tag=zebra --word_vectors=wiki.en.vec --method=scann
+    python -m sdl_keras.search build --index=milvus:photos.db#photos --model=saved_models/demo --images=photos/ \\
+        --runner=DirectRunner
 
 Images come from files and folders (--images), a manifest or TFRecords; matrices from an
 export's `matrix` signature (--model) or a run's model (--run_dir); an unreadable image
-is skipped and listed (sdl_keras/retrieval/). Several --tag add their scores.
+is skipped and listed (sdl_keras/retrieval/). Several --tag add their scores. --index is a
+directory or milvus:URI#COLLECTION (docs/retrieval.md); `build --runner=...` runs as an
+Apache Beam pipeline, with Beam's pipeline options (--name=value) passed through.
 """
 
-import json
 import sys
 
 from absl import app, flags
@@ -24,9 +27,10 @@ COMMANDS = ("build", "add", "query")
 
 
 def define_flags():
-    from sdl_keras.retrieval import DTYPES, METHODS
+    from sdl_keras.retrieval import DTYPES, METHODS, MilvusOptions
 
-    flags.DEFINE_string("index", None, "The index directory.", required=True)
+    flags.DEFINE_string("index", None, "A directory, or milvus:URI#COLLECTION (a .db file or http://host:19530).",
+                        required=True)
     # build / add
     flags.DEFINE_string("model", None, "An exported SavedModel (saved_models/NAME or one version of it).")
     flags.DEFINE_string("run_dir", None, "A run directory (model.keras, vocabulary.npz, config.json).")
@@ -37,9 +41,13 @@ def define_flags():
     flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Storage of the matrices (float16 halves it).")
     flags.DEFINE_enum("aggregation", None, ["max", "l2"], "Row aggregation (default: the run's, else max).")
     flags.DEFINE_bool("approximate", False, "Also build ScaNN searchers for --method=scann.")
-    flags.DEFINE_integer("shard_size", 100_000, "Images per shard.")
+    flags.DEFINE_integer("shard_size", 100_000, "Images per shard (on Beam: about as many, by a hash of the id).")
     flags.DEFINE_integer("batch_size", 32, "Images per model call.")
     flags.DEFINE_bool("overwrite", False, "build: replace an existing index.")
+    flags.DEFINE_string("runner", None, "build: run as a Beam pipeline on this runner; Beam's flags pass through.")
+    flags.DEFINE_string("milvus_index_type", MilvusOptions.index_type, "Milvus build: FLAT or IVF_FLAT (milvus-lite),"
+                        " HNSW, IVF_PQ, DISKANN, GPU_CAGRA, ... (a server).")
+    flags.DEFINE_string("milvus_index_params", "{}", 'Milvus build: the index\'s parameters, JSON ({"nlist": 1024}).')
     # query
     flags.DEFINE_multi_string("tag", [], "A query tag (repeatable: several tags add their scores).")
     flags.DEFINE_string("vector_file", None, "An .npy of query vectors, (d,) or (T, d), instead of tags.")
@@ -49,54 +57,52 @@ def define_flags():
     flags.DEFINE_enum("method", "exact", list(METHODS), "exact, or scann (index built with --approximate).")
     flags.DEFINE_integer("num_candidates", None, "ScaNN: rows per tag and shard before exact re-scoring.")
     flags.DEFINE_integer("leaves_to_search", None, "ScaNN: partitions searched per shard.")
+    flags.DEFINE_string("milvus_search_params", "{}", 'Milvus: search parameters, JSON ({"nprobe": 32}).')
     flags.DEFINE_bool("json", False, "Print the hits as JSON.")
-
-
-def format_hits(query, hits):
-    lines = [f"query: {' + '.join(query.names)}", f"{'rank':>4}  {'score':>9}  rows  id"]
-    for rank, hit in enumerate(hits, start=1):
-        lines.append(f"{rank:>4}  {hit.score:9.4f}  {','.join(map(str, hit.rows)):<4}  {hit.id}")
-    return "\n".join(lines)
 
 
 def main(argv):
     if len(argv) < 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"python -m sdl_keras.search {{{'|'.join(COMMANDS)}}} --index=DIR [flags]")
+    argv, pipeline_args = cli.split_pipeline_options(argv, FLAGS.runner)
     command, extra = argv[1], argv[2:]
-    from sdl_keras.retrieval import RetrievalIndex, encoding
-    from sdl_keras.retrieval.index import query_from
+    from sdl_keras.retrieval import ScannOptions, backends, encoding, milvus
+    from sdl_keras.retrieval.index import format_hits, query_from
 
     if command == "query":
         cli.no_arguments([command, *extra])
-        index = RetrievalIndex.load(FLAGS.index)
+        index = backends.open_index(FLAGS.index)
         query = query_from(FLAGS.tag, FLAGS.vector_file, index.vocabulary, FLAGS.word_vectors, FLAGS.allow_pickle)
-        hits = index.search(query, FLAGS.top_n, FLAGS.method, num_candidates=FLAGS.num_candidates,
-                            leaves_to_search=FLAGS.leaves_to_search)
-        if FLAGS.json:
-            print(json.dumps({"query": list(query.names), "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
-        else:
-            print(format_hits(query, hits))
+        options = backends.search_options(index, FLAGS.method, FLAGS.num_candidates, FLAGS.leaves_to_search,
+                                          milvus.parse_params("--milvus_search_params", FLAGS.milvus_search_params))
+        print(format_hits(query, index.search(query, FLAGS.top_n, **options), FLAGS.json))
         return 0
-    items, total = encoding.image_items(list(FLAGS.images) + extra, FLAGS.manifest, FLAGS.tfrecords)
+    images = (list(FLAGS.images) + extra, FLAGS.manifest, FLAGS.tfrecords)
     options = dict(shard_size=FLAGS.shard_size, batch_size=FLAGS.batch_size)
-    if command == "build":
-        from sdl_keras.retrieval import ScannOptions
-
-        index, added, skipped = encoding.build(
-            FLAGS.index, items, total, FLAGS.model, FLAGS.run_dir, FLAGS.vocabulary, dtype=FLAGS.dtype,
-            aggregation=FLAGS.aggregation, scann=ScannOptions() if FLAGS.approximate else None,
-            overwrite=FLAGS.overwrite, **options,
-        )
+    if command == "add":
+        if pipeline_args:
+            raise app.UsageError("--runner: `build` runs as a Beam pipeline; `add` runs in this process.")
+        index, added, skipped = encoding.add(FLAGS.index, *encoding.image_items(*images), FLAGS.model, FLAGS.run_dir,
+                                             **options)
     else:
-        index, added, skipped = encoding.add(FLAGS.index, items, total, FLAGS.model, FLAGS.run_dir, **options)
+        options.update(dtype=FLAGS.dtype, aggregation=FLAGS.aggregation, overwrite=FLAGS.overwrite,
+                       scann=ScannOptions() if FLAGS.approximate else None, milvus=milvus.MilvusOptions.from_flags(
+                           FLAGS.milvus_index_type, FLAGS.milvus_index_params, FLAGS.milvus_search_params))
+        if pipeline_args:
+            from sdl_keras.retrieval import beam
+
+            index, added, skipped = beam.build(FLAGS.index, pipeline_args, *images, FLAGS.model, FLAGS.run_dir,
+                                               FLAGS.vocabulary, **options)
+        else:
+            index, added, skipped = encoding.build(FLAGS.index, *encoding.image_items(*images), FLAGS.model,
+                                                   FLAGS.run_dir, FLAGS.vocabulary, **options)
     print(f"{'Built' if command == 'build' else 'Added to'} {FLAGS.index}: {added} images added, {len(skipped)} "
-          f"skipped, {len(index)} in the index ({index.num_rows} x {index.dim} {index.dtype}, "
-          f"{'exact and ScaNN' if index.scann_options else 'exact'} search)", file=sys.stderr)
+          f"skipped, {len(index)} in the index ({index.describe()})", file=sys.stderr)
     return 1 if skipped else 0
 
 
 def run():
-    cli.run(main, define_flags)
+    cli.run(main, define_flags, pipeline_options=True)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,13 @@ Search:
   memory-mapped). Ties rank the lower image index first, a stable descending sort of
   the scores, the ranking `evaluation.average_precisions` measures.
 - scann: ScaNN (tree partitioning + anisotropic hashing) over all rows of all images,
-  per shard. Each tag retrieves its `num_candidates` best rows; their exact products
-  with the tag, maxed per image, bound each image's score from below; the images with
-  the best bounds are re-scored exactly over all their rows (scores and dominant rows
-  are exact; which images are found is approximate: an image is missed when none of
-  its good rows is among a tag's candidates).
+  per shard. Each tag retrieves its `num_candidates` best rows by ScaNN's approximate
+  products, all the query tags of a batch in one batched ScaNN call; per query, the
+  images whose retrieved rows score best are re-scored exactly over all their rows,
+  all queries' candidates together, read in file order (scores and dominant rows are
+  exact; which images are found is approximate: an image is missed when none of its
+  good rows is among a tag's candidates). A shard of fewer than `exact_below_rows`
+  rows is scored exactly instead.
 
 This module is NumPy only (no TensorFlow): an index is queried without loading a model.
 """
@@ -75,8 +77,12 @@ class ScannOptions:
     dims_per_block, anisotropic_threshold: the anisotropic hashing (score_ah) settings.
     training_sample_size: rows the partitioner and the hashing are trained on.
     num_candidates: rows each query tag retrieves per shard; None = max(`candidates_per_hit` x k, 1000).
-    rescore_per_hit: per shard, the `rescore_per_hit` x k images with the best exact scores
-        of their retrieved rows are re-scored exactly over all their rows.
+    rescore_per_hit: per shard, the `rescore_per_hit` x k images whose retrieved rows have the
+        best (approximate) ScaNN scores are re-scored exactly over all their rows.
+    exact_below_rows: a shard of fewer rows (images x M) is scored exactly instead: below
+        this size scoring every row costs no more than a ScaNN search and its re-scoring
+        (benchmarks/retrieval.py --small_shards measures it), and a tree of so few rows
+        searched at `leaves_fraction` misses images (recall@10 0.5 on the demo's 1,000 images).
     """
 
     num_leaves: int = None
@@ -89,6 +95,7 @@ class ScannOptions:
     num_candidates: int = None
     candidates_per_hit: int = 20
     rescore_per_hit: int = 2
+    exact_below_rows: int = 20_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,12 +168,36 @@ def query_from(tags=(), vector_file=None, vocabulary=None, word_vectors=None, al
     return tag_query(tags, vocabulary, word_vectors, allow_pickle)
 
 
+def format_hits(query, hits, as_json=False):
+    """The hits of a query as a table (rank, score, dominant rows, id), or one JSON line."""
+    if as_json:
+        return json.dumps({"query": list(query.names), "hits": [h.to_dict() for h in hits]}, ensure_ascii=False)
+    lines = [f"query: {' + '.join(query.names)}", f"{'rank':>4}  {'score':>9}  rows  id"]
+    for rank, hit in enumerate(hits, start=1):
+        lines.append(f"{rank:>4}  {hit.score:9.4f}  {','.join(map(str, hit.rows)):<4}  {hit.id}")
+    return "\n".join(lines)
+
+
 def _aggregate(products, aggregation):
     """(n, M, V) row-tag products -> (scores (n, V), dominant rows (n, V)), as sdl_keras.scoring."""
     if aggregation == "max":
         return products.max(axis=1), products.argmax(axis=1)
     squared = np.square(products)
     return np.sqrt(squared.sum(axis=1)), squared.argmax(axis=1)
+
+
+def _products(source, indices, vectors, which, block=1024):
+    """(n, M) products source[indices[i]] @ vectors[which[i]] of matrices (or (n, 1) of rows,
+    source of shape (R, 1, d)), read in blocks in index order: a memory-mapped file is read
+    forwards, through a buffer that is reused."""
+    out = np.empty((len(indices), source.shape[1]), np.float32)
+    order = np.argsort(indices, kind="stable")
+    buffer = np.empty((min(block, len(indices)),) + source.shape[1:], source.dtype)
+    for start in range(0, len(order), block):
+        part = order[start : start + block]
+        matrices = np.take(source, indices[part], axis=0, out=buffer[: len(part)])
+        out[part] = np.matmul(matrices.astype(np.float32, copy=False), vectors[which[part]][:, :, None])[:, :, 0]
+    return out
 
 
 def _dot(rows, vectors):
@@ -309,6 +340,10 @@ class RetrievalIndex:
     def __len__(self):
         return sum(s.count for s in self.shards)
 
+    def describe(self):
+        search = "exact and ScaNN" if self.scann_options else "exact"
+        return f"{self.num_rows} x {self.dim} {self.dtype}, {search} search"
+
     @property
     def ids(self):
         return [i for s in self.shards for i in s.ids]
@@ -387,21 +422,7 @@ class RetrievalIndex:
         try:
             writer = None
             for ids, matrices in batches:
-                ids = [str(i) for i in ids]
-                matrices = np.asarray(matrices)
-                if matrices.ndim != 3 or matrices.shape[1:] != (self.num_rows, self.dim):
-                    raise ValueError(
-                        f"Matrices of shape {matrices.shape[1:]} for an index of ({self.num_rows}, {self.dim}) ones."
-                    )
-                if len(ids) != len(matrices):
-                    raise ValueError(f"{len(ids)} ids for {len(matrices)} matrices.")
-                if not np.isfinite(matrices).all():
-                    bad = [ids[i] for i in np.nonzero(~np.isfinite(matrices).all(axis=(1, 2)))[0][:5]]
-                    raise ValueError(f"Non-finite values in the matrices of image(s) {bad}.")
-                repeated = [i for i in ids if i in known]
-                if repeated or len(set(ids)) != len(ids):
-                    dupes = repeated or sorted({i for i in ids if ids.count(i) > 1})
-                    raise ValueError(f"Image id(s) already in the index or repeated: {dupes[:10]}")
+                ids, matrices = check_batch(ids, matrices, self.num_rows, self.dim, known)
                 known.update(ids)
                 start = 0
                 while start < len(ids):
@@ -443,11 +464,7 @@ class RetrievalIndex:
 
     def _build_searcher(self, shard, options):
         logger.info("Building the ScaNN searcher of %s (%d rows).", shard.name, shard.count * self.num_rows)
-        searcher = build_searcher(np.asarray(shard.matrices, dtype=np.float32).reshape(-1, self.dim), options)
-        path = os.path.join(shard.directory, SCANN_DIR)
-        shutil.rmtree(path, ignore_errors=True)
-        os.makedirs(path)
-        searcher.serialize(path, relative_path=True)
+        _write_searcher(shard.directory, np.asarray(shard.matrices, dtype=np.float32).reshape(-1, self.dim), options)
         shard._searcher = None
 
     def build_searchers(self, options=ScannOptions()):
@@ -459,6 +476,29 @@ class RetrievalIndex:
             self._build_searcher(shard, options)
         self.meta = dict(self.meta, scann=dataclasses.asdict(options))
         _write_json(os.path.join(self.directory, INDEX_FILE), self.meta)
+
+    def attach(self, entries):
+        """Lists shards written into the index's folder by `write_shard` (by Beam workers, say)
+        in index.json, in name order, replacing it atomically; returns how many images they
+        hold. Their files and ids are checked first: the sizes, and ids new and unique."""
+        entries = sorted(entries, key=lambda e: e["name"])
+        listed = {s["name"] for s in self.meta["shards"]}
+        clash = sorted(e["name"] for e in entries if e["name"] in listed)
+        if clash:
+            raise ValueError(f"{self.directory}: shard(s) {clash} are already listed in {INDEX_FILE}.")
+        shards = [_Shard(self.directory, e["name"], e["count"], self.num_rows, self.dim, self.dtype) for e in entries]
+        known, repeated = set(self.ids), []
+        for image_id in (i for shard in shards for i in shard.ids):
+            if image_id in known:
+                repeated.append(image_id)
+            known.add(image_id)
+        if repeated:
+            raise ValueError(f"Image id(s) already in the index or repeated: {repeated[:10]}")
+        meta = dict(self.meta, shards=self.meta["shards"] + [{"name": e["name"], "count": e["count"]} for e in entries])
+        _write_json(os.path.join(self.directory, INDEX_FILE), meta)
+        self.meta = meta
+        self.shards += shards
+        return sum(s.count for s in shards)
 
     def _remove_unlisted_shards(self):
         """Shard folders a failed or killed add left behind (never listed in index.json)."""
@@ -526,19 +566,24 @@ class RetrievalIndex:
         products = _dot(flat, vectors).reshape(len(matrices), self.num_rows, len(vectors))
         return _aggregate(products, self.aggregation)
 
+    def _chunk(self, chunk_images=None):
+        return int(chunk_images or max(1, CHUNK_BYTES // (4 * self.num_rows * self.dim)))
+
     def _exact(self, vectors, columns, tops, chunk_images):
-        chunk = int(chunk_images or max(1, CHUNK_BYTES // (4 * self.num_rows * self.dim)))
         base = 0
         for shard in self.shards:
-            for start in range(0, shard.count, chunk):
-                scores, rows = self._score(shard.matrices[start : start + chunk], vectors)
-                combined = np.stack([scores[:, c].sum(axis=1) for c in columns], axis=1)
-                floors = np.array([t.floor for t in tops], dtype=np.float32)
-                entering = combined > floors[None, :]
-                for q in np.nonzero(entering.any(axis=0))[0]:
-                    picked = np.nonzero(entering[:, q])[0]
-                    tops[q].offer(combined[picked, q], base + start + picked, rows[picked][:, columns[q]])
+            self._exact_shard(shard, base, vectors, columns, tops, self._chunk(chunk_images))
             base += shard.count
+
+    def _exact_shard(self, shard, base, vectors, columns, tops, chunk):
+        for start in range(0, shard.count, chunk):
+            scores, rows = self._score(shard.matrices[start : start + chunk], vectors)
+            combined = np.stack([scores[:, c].sum(axis=1) for c in columns], axis=1)
+            floors = np.array([t.floor for t in tops], dtype=np.float32)
+            entering = combined > floors[None, :]
+            for q in np.nonzero(entering.any(axis=0))[0]:
+                picked = np.nonzero(entering[:, q])[0]
+                tops[q].offer(combined[picked, q], base + start + picked, rows[picked][:, columns[q]])
 
     def _approximate(self, vectors, columns, tops, k, num_candidates, leaves_to_search):
         options = self.scann_options
@@ -548,41 +593,99 @@ class RetrievalIndex:
         rescored = max(options.rescore_per_hit * k, k)
         base = 0
         for shard in self.shards:
-            count = min(wanted, shard.count * self.num_rows)
-            search = shard.searcher().search_batched_parallel if len(vectors) > 1 else shard.searcher().search_batched
-            found, distances = search(
-                vectors, final_num_neighbors=count, pre_reorder_num_neighbors=count,
-                leaves_to_search=leaves_to_search or options.leaves_to_search,
-            )
-            found = np.asarray(found, dtype=np.int64)
-            valid = np.isfinite(np.asarray(distances))  # ScaNN pads short results with NaN
-            rows_of = shard.matrices.reshape(-1, self.dim)
-            for q, cols in enumerate(columns):
-                per_tag = [self._row_bounds(rows_of, found[c][valid[c]], vectors[c]) for c in cols if valid[c].any()]
-                if not per_tag:
-                    continue
-                images = np.unique(np.concatenate([i for i, _ in per_tag]))
-                # An image a tag did not retrieve counts that tag's lowest retrieved score.
-                bound = np.zeros(len(images), np.float32)
-                for tag_images, tag_bounds in per_tag:
-                    filled = np.full(len(images), tag_bounds.min(), np.float32)
-                    filled[np.searchsorted(images, tag_images)] = tag_bounds
-                    bound += filled
-                if len(images) > rescored:
-                    images = np.sort(images[np.argpartition(-bound, rescored - 1)[:rescored]])
-                # Exact re-scoring: the candidates' full matrices against the query's tags.
-                scores, rows = self._score(shard.matrices[images], vectors[cols])
-                tops[q].offer(scores.sum(axis=1), base + images, rows)
+            if shard.count * self.num_rows < options.exact_below_rows:
+                self._exact_shard(shard, base, vectors, columns, tops, self._chunk())
+            else:
+                searcher = shard.searcher()
+                # One call for all the query tags: ScaNN scores each partition's hashed rows
+                # against several queries at once (and on several threads for a batch).
+                search = searcher.search_batched_parallel if len(vectors) > 1 else searcher.search_batched
+                count = min(wanted, shard.count * self.num_rows)
+                found, distances = search(
+                    vectors, final_num_neighbors=count, pre_reorder_num_neighbors=count,
+                    leaves_to_search=leaves_to_search or options.leaves_to_search,
+                )
+                queries, images = self._candidates(
+                    shard, np.asarray(found), np.asarray(distances), vectors, columns, rescored
+                )
+                self._rescore(shard, base, queries, images, vectors, columns, tops)
             base += shard.count
 
-    def _row_bounds(self, rows_of, found, vector):
-        """(images, bounds): the exact scores of the rows ScaNN found, maxed per image, a
-        lower bound of each image's score (reading a row, not a whole matrix)."""
-        rows = np.unique(found)
-        scores = _dot(np.asarray(rows_of[rows], dtype=np.float32), vector[None])[:, 0]
+    def _candidates(self, shard, found, distances, vectors, columns, rescored):
+        """(queries, images): per query, the `rescored` images of a shard to re-score exactly,
+        sorted by query. ScaNN lists each tag's rows best first, so an image's first listed
+        row is its best by ScaNN's (approximate) products; that row's exact product with the
+        tag bounds the image's score from below, and the images with the best bounds are
+        kept (a tag that did not retrieve an image counts its lowest bound). One row read
+        per retrieved image, all queries at once."""
+        valid = np.isfinite(distances)  # ScaNN pads short results with NaN
+        tags = np.nonzero(valid)[0]
+        rows = found[valid].astype(np.int64)
+        _, first = np.unique(tags * shard.count + rows // self.num_rows, return_index=True)
+        tags, rows = tags[first], rows[first]
         images = rows // self.num_rows
-        starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]])
-        return images[starts], np.maximum.reduceat(scores, starts)
+        scores = _products(shard.matrices.reshape(-1, 1, self.dim), rows, vectors, tags)[:, 0]
+        query_of = np.repeat(np.arange(len(columns)), [len(c) for c in columns])
+        queries = query_of[tags]
+        several = [q for q, c in enumerate(columns) if len(c) > 1]
+        if several:
+            keep = ~np.isin(queries, several)
+            parts = [(queries[keep], images[keep], scores[keep])]
+            for q in several:
+                mine = queries == q
+                united = np.unique(images[mine])
+                bound = np.zeros(len(united), np.float32)
+                for c in columns[q]:
+                    tag = tags == c
+                    if tag.any():
+                        filled = np.full(len(united), scores[tag].min(), np.float32)
+                        filled[np.searchsorted(united, images[tag])] = scores[tag]
+                        bound += filled
+                parts.append((np.full(len(united), q), united, bound))
+            queries, images, scores = (np.concatenate(p) for p in zip(*parts))
+        # The best `rescored` images of each query.
+        order = np.lexsort((images, -scores, queries))
+        queries, images = queries[order], images[order]
+        kept = np.arange(len(queries)) - np.searchsorted(queries, queries) < rescored
+        return queries[kept], images[kept]
+
+    def _rescore(self, shard, base, queries, images, vectors, columns, tops):
+        """Exact scores of (query, image) pairs over all the images' rows, offered to the
+        queries' top k."""
+        sizes = np.array([len(c) for c in columns])
+        firsts = np.array([c[0] for c in columns])
+        # One entry per (pair, tag of its query): its image's matrix times the tag's vector.
+        pair = np.repeat(np.arange(len(queries)), sizes[queries])
+        pair_starts = np.cumsum(sizes[queries]) - sizes[queries]
+        tags = firsts[queries][pair] + np.arange(len(pair)) - pair_starts[pair]
+        products = _products(shard.matrices, images[pair], vectors, tags)
+        entry_scores, entry_rows = _aggregate(products[:, :, None], self.aggregation)
+        scores = np.add.reduceat(entry_scores[:, 0], pair_starts) if len(pair) else entry_scores[:, 0]
+        bounds = np.searchsorted(queries, np.arange(len(columns) + 1))
+        for q in range(len(columns)):
+            pairs = np.arange(bounds[q], bounds[q + 1])
+            if len(pairs):
+                rows = entry_rows[pair_starts[pairs][:, None] + np.arange(sizes[q])[None, :], 0]
+                tops[q].offer(scores[pairs], base + images[pairs], rows)
+
+
+def check_batch(ids, matrices, num_rows, dim, known=()):
+    """(ids as strings, matrices as an array) of one batch to add, or ValueError saying what
+    is wrong: the shape, the count, a non-finite value, or an id in `known` or repeated."""
+    ids = [str(i) for i in ids]
+    matrices = np.asarray(matrices)
+    if matrices.ndim != 3 or matrices.shape[1:] != (num_rows, dim):
+        raise ValueError(f"Matrices of shape {matrices.shape[1:]} for an index of ({num_rows}, {dim}) ones.")
+    if len(ids) != len(matrices):
+        raise ValueError(f"{len(ids)} ids for {len(matrices)} matrices.")
+    if not np.isfinite(matrices).all():
+        bad = [ids[i] for i in np.nonzero(~np.isfinite(matrices).all(axis=(1, 2)))[0][:5]]
+        raise ValueError(f"Non-finite values in the matrices of image(s) {bad}.")
+    repeated = [i for i in ids if i in known]
+    if repeated or len(set(ids)) != len(ids):
+        dupes = repeated or sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"Image id(s) already in the index or repeated: {dupes[:10]}")
+    return ids, matrices
 
 
 class _ShardWriter:
@@ -610,6 +713,32 @@ class _ShardWriter:
     def discard(self):
         self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def write_shard(directory, name, ids, matrices, dtype="float32", scann=None):
+    """Writes one shard folder DIRECTORY/NAME of (n, M, d) matrices and their ids (and its
+    ScaNN searcher with `scann` options), not yet listed in any index: `RetrievalIndex.attach`
+    lists it. Returns its entry {"name", "count"}."""
+    writer = _ShardWriter(directory, name, dtype)
+    try:
+        writer.write([str(i) for i in ids], matrices)
+        writer.close()
+        if scann is not None:
+            stored = np.asarray(matrices).astype(dtype).astype(np.float32)
+            _write_searcher(writer.folder, stored.reshape(-1, stored.shape[-1]), scann)
+    except BaseException:
+        writer.discard()
+        raise
+    return {"name": name, "count": writer.count}
+
+
+def _write_searcher(folder, rows, options):
+    """Builds the ScaNN searcher of (R, d) rows and serializes it into FOLDER/scann."""
+    searcher = build_searcher(rows, options)
+    path = os.path.join(folder, SCANN_DIR)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    searcher.serialize(path, relative_path=True)
 
 
 def _next_name(taken):

@@ -1,0 +1,234 @@
+"""`python -m sdl_keras.search build --runner=RUNNER`: encoding images into an index as an
+Apache Beam pipeline, on any runner (DirectRunner here, in one process or several;
+Dataflow, Flink or Spark for a large collection). Every other Beam pipeline option passes
+through (--direct_num_workers, --direct_running_mode, --project, --temp_location, ...).
+
+    images: files or a manifest (Create), or TFRecords (ReadFromTFRecord)
+      -> ReadImage      the bytes of each image           unreadable -> side output "unreadable"
+      -> BatchElements  --batch_size images
+      -> EncodeImages   the encoder, loaded once per worker: the export's `matrix` signature
+                        (--model), or a run's Keras model (--run_dir) run in the DoFn itself,
+                        decoding as the run decodes (no temporary export; the same encoders
+                        the single-process build uses)         undecodable -> "unreadable"
+      -> a directory: keyed by shard, a hash of the id mod ceil(images / --shard_size)
+           -> GroupByKey -> WriteShard (the shard's files, its ids in order, its ScaNN
+           searcher) -> one commit lists the shards in index.json
+         a Milvus collection: BatchElements -> WriteToMilvus (the entities of one add)
+           -> one commit makes the add visible, unless an id repeats
+
+The unreadable images are counted (Beam metric sdl_keras.search/unreadable_images) and
+written by the side output as JSON lines, which the command reports as the one-process
+build does. Which worker encodes which image is Beam's business; the index is the same:
+its shards hold the same ids (sorted within a shard) whatever the runner and workers, and
+the matrices are the encoder's.
+
+The workers write the index: a directory must be on a file system they all reach (a
+distributed runner's workers: a shared mount), a milvus-lite file can only be opened by one
+process (DirectRunner's in_memory mode), a Milvus server takes every worker's inserts.
+"""
+
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from sdl_keras.retrieval import encoding
+from sdl_keras.retrieval.backends import create_index, open_index, parse_location
+from sdl_keras.retrieval.index import RetrievalIndex, write_shard
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "sdl_keras.search"
+UNREADABLE = "unreadable"
+
+
+class ReadImage(beam.DoFn):
+    """(id, path or bytes) -> (id, bytes); an unreadable image goes to the "unreadable"
+    output as (id, reason) and is counted."""
+
+    def __init__(self):
+        self.unreadable = beam.metrics.Metrics.counter(NAMESPACE, "unreadable_images")
+
+    def process(self, item):
+        image_id, data, reason = encoding.read_item(item)
+        if reason:
+            self.unreadable.inc()
+            yield beam.pvalue.TaggedOutput(UNREADABLE, (image_id, reason))
+        else:
+            yield image_id, data
+
+
+class EncodeImages(beam.DoFn):
+    """Batches of (id, bytes) -> (id, (M, d) float32 matrix), through the encoder of an
+    export (`model`) or a run (`run_dir`), loaded once per worker."""
+
+    def __init__(self, model=None, run_dir=None):
+        self.model, self.run_dir = model, run_dir
+        self.unreadable = beam.metrics.Metrics.counter(NAMESPACE, "unreadable_images")
+        self.encoded = beam.metrics.Metrics.counter(NAMESPACE, "encoded_images")
+
+    def setup(self):
+        self.encoder = encoding.make_encoder(self.model, self.run_dir)
+
+    def process(self, batch):
+        ids, matrices, failed = encoding.encode_batch(self.encoder, batch)
+        self.encoded.inc(len(ids))
+        for image_id, matrix in zip(ids, matrices if ids else ()):
+            yield image_id, np.asarray(matrix, np.float32)
+        for image_id, reason in failed:
+            self.unreadable.inc()
+            yield beam.pvalue.TaggedOutput(UNREADABLE, (image_id, reason))
+
+
+class WriteShard(beam.DoFn):
+    """(shard number, its (id, matrix) pairs) -> the shard's folder in the index directory
+    (ids sorted, so the shard is the same whatever the workers), -> its {"name", "count"}."""
+
+    def __init__(self, directory, dtype, scann):
+        self.directory, self.dtype, self.scann = directory, dtype, scann
+
+    def process(self, keyed):
+        number, images = keyed
+        images = sorted(images, key=lambda pair: pair[0])
+        yield write_shard(self.directory, f"shard-{number:05d}", [i for i, _ in images],
+                          np.stack([m for _, m in images]), self.dtype, self.scann)
+
+
+class WriteToMilvus(beam.DoFn):
+    """Batches of (id, matrix) -> entities of add `add_id` in a Milvus collection (not seen
+    by searches until the commit) -> how many images each batch inserted."""
+
+    def __init__(self, uri, collection, add_id):
+        self.uri, self.collection, self.add_id = uri, collection, add_id
+
+    def setup(self):
+        from sdl_keras.retrieval.milvus import MilvusIndex
+
+        self.index = MilvusIndex.open(self.uri, self.collection, token=os.environ.get("MILVUS_TOKEN"))
+
+    def process(self, batch):
+        yield self.index.insert(self.add_id, [i for i, _ in batch], np.stack([m for _, m in batch]))
+
+    def teardown(self):
+        self.index.close()
+
+
+def _shard_of(pair, shard_size, total):
+    """(shard number, pair): a hash of the id, so the split is the same on any runner
+    (a digest, not crc32, whose low bits barely change between ids like 001.png, 002.png)."""
+    digest = hashlib.blake2b(pair[0].encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % max(1, math.ceil(total / shard_size)), pair
+
+
+def _refuse_repeated(repeated):
+    if repeated:
+        raise ValueError(f"Image id(s) repeated in the input: {sorted(repeated)[:10]}")
+
+
+def _commit_shards(entries, directory):
+    # attach() refuses repeated ids itself.
+    return RetrievalIndex.load(directory).attach(entries)
+
+
+def _commit_milvus(counts, uri, collection, add_id, repeated):
+    from sdl_keras.retrieval.milvus import MilvusIndex
+
+    _refuse_repeated(repeated)
+    index = MilvusIndex.open(uri, collection, token=os.environ.get("MILVUS_TOKEN"))
+    index.commit(add_id)
+    index.close()
+    return sum(counts)
+
+
+def read_images(pipeline, paths=(), manifest=None, tfrecords=None):
+    """The (id, path or bytes) items of the images to index, given one way (as
+    `encoding.image_items`): files and folders, a manifest, or a glob of TFRecord files."""
+    if sum([bool(paths), bool(manifest), bool(tfrecords)]) != 1:
+        raise ValueError("Give the images one way: --images (or paths after the command), --manifest or --tfrecords.")
+    if tfrecords:
+        if not glob.glob(tfrecords):
+            raise FileNotFoundError(f"No TFRecord files match {tfrecords!r}.")
+        return (pipeline | "ReadRecords" >> beam.io.ReadFromTFRecord(tfrecords)
+                | "ParseRecords" >> beam.Map(encoding.record_item))
+    items, _ = encoding.image_items(paths, manifest)
+    return pipeline | "Images" >> beam.Create(items)
+
+
+def check_runner(location, options):
+    """ValueError where the index cannot take the workers' writes: a milvus-lite file is
+    opened by one process only."""
+    from sdl_keras.retrieval.milvus import is_remote
+
+    where = parse_location(location)
+    lite = where.is_milvus and not is_remote(where.uri)
+    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
+    mode = options.view_as(DirectOptions).direct_running_mode
+    if lite and (not runner.endswith("DirectRunner") or mode != "in_memory"):
+        raise ValueError(f"{location}: a milvus-lite file is opened by one process only; build it on DirectRunner "
+                         "in its in_memory mode, or give a Milvus server (milvus:http://host:19530#collection).")
+
+
+def build(location, pipeline_args, paths=(), manifest=None, tfrecords=None, model=None, run_dir=None,
+          vocabulary=None, dtype="float32", aggregation=None, scann=None, milvus=None, shard_size=100_000,
+          batch_size=32, overwrite=False):
+    """Creates the index at `location` (a directory or milvus:URI#COLLECTION) from images, as
+    a Beam pipeline run with `pipeline_args` (--runner=..., Beam's options). Arguments as
+    `encoding.build`. Returns (index, added, skipped: [(id, reason)])."""
+    options = PipelineOptions(list(pipeline_args))
+    check_runner(location, options)
+    # Beam's workers log every step at INFO; the command reports progress and results itself.
+    logging.getLogger("apache_beam").setLevel(max(logging.WARNING, logging.getLogger().level))
+    where = parse_location(location)
+    # The launcher loads the model once for M, d, the aggregation and what the index records.
+    encoder = encoding.make_encoder(model, run_dir)
+    index = create_index(location, *encoding.matrix_shape(encoder), dtype, aggregation or encoder.aggregation or "max",
+                         encoding.load_vocabulary(vocabulary, run_dir), scann, milvus, encoder.source, overwrite)
+    del encoder
+    add_id = index.begin_add() if where.is_milvus else None
+    if where.is_milvus:
+        index.close()  # a milvus-lite file: the pipeline's steps open it in this process
+    reports = tempfile.mkdtemp(prefix="sdl_search_unreadable_")
+    try:
+        with beam.Pipeline(options=options) as pipeline:
+            items = read_images(pipeline, paths, manifest, tfrecords)
+            read = items | "Read" >> beam.ParDo(ReadImage()).with_outputs(UNREADABLE, main="images")
+            encoded = (read.images | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
+                       | "Encode" >> beam.ParDo(EncodeImages(model, run_dir)).with_outputs(UNREADABLE, main="matrices"))
+            ((read[UNREADABLE], encoded[UNREADABLE]) | "Unreadable" >> beam.Flatten()
+             | "AsJson" >> beam.Map(lambda pair: json.dumps(list(pair), ensure_ascii=False))
+             | "Report" >> beam.io.WriteToText(os.path.join(reports, UNREADABLE), ".jsonl"))
+            if where.is_milvus:
+                repeated = (encoded.matrices | "Ids" >> beam.Keys() | "CountIds" >> beam.combiners.Count.PerElement()
+                            | "Repeated" >> beam.Filter(lambda pair: pair[1] > 1) | "RepeatedIds" >> beam.Keys())
+                (encoded.matrices
+                 | "Rebatch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=max(batch_size, 256))
+                 | "Insert" >> beam.ParDo(WriteToMilvus(where.uri, where.collection, add_id))
+                 | "Inserted" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
+                 | "Commit" >> beam.Map(_commit_milvus, where.uri, where.collection, add_id,
+                                        beam.pvalue.AsList(repeated)))
+            else:
+                total = items | "CountImages" >> beam.combiners.Count.Globally()
+                (encoded.matrices
+                 | "Shard" >> beam.Map(_shard_of, shard_size, beam.pvalue.AsSingleton(total))
+                 | "GroupShards" >> beam.GroupByKey()
+                 | "WriteShards" >> beam.ParDo(WriteShard(where.directory, dtype, scann))
+                 | "Shards" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
+                 | "Commit" >> beam.Map(_commit_shards, where.directory))
+        skipped = []
+        for path in sorted(glob.glob(os.path.join(reports, UNREADABLE + "*"))):
+            with open(path, encoding="utf-8") as f:
+                skipped += [tuple(json.loads(line)) for line in f if line.strip()]
+    finally:
+        shutil.rmtree(reports, ignore_errors=True)
+    index = open_index(location)
+    for image_id, reason in skipped:
+        logger.warning("Skipped %s: %s", image_id, reason)
+    return index, len(index), skipped

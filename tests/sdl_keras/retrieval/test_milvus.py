@@ -1,0 +1,166 @@
+"""The Milvus backend on milvus-lite: with a FLAT index it answers as exact local search (ids,
+scores, dominant rows) for one-tag and multi-tag queries, on random matrices and on the demo
+index; it stores the vocabulary and its settings in the collection; and an add killed halfway
+leaves the collection queryable, its partial entities ignored and then deleted."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sdl_keras.retrieval import MilvusIndex, MilvusOptions, Query, build_index, open_index, tag_query
+from tests import testing
+from tests.sdl_keras.retrieval import demo_index
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def assert_same_hits(found, expected):
+    assert [h.id for h in found] == [h.id for h in expected]
+    assert [h.rows for h in found] == [h.rows for h in expected]
+    np.testing.assert_allclose([h.score for h in found], [h.score for h in expected], rtol=1e-5, atol=1e-5)
+
+
+def random_queries(rng, dim):
+    """One-tag queries and queries of two and three tags (sums of per-tag maxima)."""
+    return ([Query(rng.standard_normal(dim)) for _ in range(4)]
+            + [Query(rng.standard_normal((t, dim))) for t in (2, 2, 3)])
+
+
+def test_flat_equals_exact_local_search_on_random_matrices(tmp_path):
+    rng = np.random.default_rng(0)
+    matrices = rng.standard_normal((400, 5, 24)).astype(np.float32)
+    # Ids a filter expression must quote: quotes, a backslash, spaces, non-ASCII.
+    ids = [f'img "{i}"\\ café' if i % 7 == 0 else f"img-{i}" for i in range(400)]
+    local = build_index(str(tmp_path / "local"), [(ids, matrices)])
+    uri = str(tmp_path / "random.db")
+    index = MilvusIndex.create(uri, "random", 5, 24, source={"test": True})
+    assert index.add([(ids[:250], matrices[:250]), (ids[250:], matrices[250:])]) == 400
+    queries = random_queries(rng, 24)
+    for k in (10, 60):
+        # Two-tag and three-tag queries: random rows rarely put the best sum among either
+        # tag's first 2k images, so the candidates deepen until the answer is certain.
+        for found, expected in zip(index.search_batch(queries, k), local.search_batch(queries, k)):
+            assert_same_hits(found, expected)
+    assert_same_hits(index.search(queries[-1], 10), local.search(queries[-1], 10))
+    np.testing.assert_array_equal(index.matrices([ids[7], ids[3]]), matrices[[7, 3]])
+
+    index.close()
+    reopened = open_index(f"milvus:{uri}#random")
+    assert (len(reopened), reopened.num_rows, reopened.dim, reopened.meta["source"]) == (400, 5, 24, {"test": True})
+    assert sorted(reopened.ids) == sorted(ids) and reopened.vocabulary is None
+    with pytest.raises(ValueError, match="already in the index or repeated"):
+        reopened.add([([ids[3]], matrices[:1])])
+    with pytest.raises(ValueError, match="Non-finite"):
+        reopened.add([(["new"], np.full((1, 5, 24), np.nan, np.float32))])
+    assert len(reopened) == 400
+    with pytest.raises(ValueError, match="24-d rows"):
+        reopened.search(np.ones(8))
+    with pytest.raises(FileExistsError, match="already exists"):
+        MilvusIndex.create(uri, "random", 5, 24)
+    with pytest.raises(ValueError, match="needs max aggregation"):
+        MilvusIndex.create(uri, "l2", 5, 24, aggregation="l2")
+    with pytest.raises(ValueError, match="must end in .db"):
+        open_index(f"milvus:{tmp_path}/random.sqlite#random")
+    reopened.close()
+
+
+def test_ivf_flat_is_configurable(tmp_path):
+    rng = np.random.default_rng(1)
+    matrices = rng.standard_normal((200, 3, 16)).astype(np.float32)
+    options = MilvusOptions("IVF_FLAT", {"nlist": 8}, {"nprobe": 8})
+    index = MilvusIndex.create(str(tmp_path / "ivf.db"), "ivf", 3, 16, options)
+    index.add([([str(i) for i in range(200)], matrices)])
+    assert index.options == options and index.describe() == "3 x 16 float32, Milvus IVF_FLAT index"
+    # Every list probed: IVF_FLAT scans all rows, so it is exact here (its recall at scale is
+    # measured in benchmarks/retrieval.py, not asserted).
+    query = unit(rng.standard_normal(16))
+    exact = np.argsort(-(matrices @ query).max(axis=1), kind="stable")[:5]
+    assert [h.id for h in index.search(query, 5)] == [str(i) for i in exact]
+    index.close()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return demo_index.demo_matrices(str(tmp_path_factory.mktemp("demo")))
+
+
+def test_flat_equals_exact_local_search_on_the_demo_index(demo, tmp_path):
+    ids, matrices, vocabulary = demo
+    local = build_index(str(tmp_path / "local"), [(ids, matrices)], vocabulary=vocabulary)
+    uri = str(tmp_path / "demo.db")
+    MilvusIndex.create(uri, "demo", demo_index.NUM_ROWS, vocabulary.dim, vocabulary=vocabulary).add(
+        [(ids[s : s + 300], matrices[s : s + 300]) for s in range(0, len(ids), 300)]
+    )
+    index = MilvusIndex.open(uri, "demo")
+    assert index.vocabulary.tags == vocabulary.tags and index.vocabulary.unseen == vocabulary.unseen
+    np.testing.assert_allclose(index.vocabulary.vectors, vocabulary.vectors, atol=1e-7)
+    seen, unseen = vocabulary.seen_tags, vocabulary.unseen_tags
+    queries = [tag_query(names, index.vocabulary) for names in (
+        [seen[0]], [seen[17]], ["red circle"], [unseen[3]], [seen[2], unseen[5]], [unseen[0], unseen[1], seen[30]],
+    )]
+    assert "red circle" in unseen
+    for found, expected in zip(index.search_batch(queries, 10), local.search_batch(queries, 10)):
+        assert_same_hits(found, expected)
+    index.close()
+
+
+KILLED_ADD = """
+import sys
+import numpy as np
+from sdl_keras.retrieval import MilvusIndex
+
+index = MilvusIndex.open(sys.argv[1], "photos")
+rng = np.random.default_rng(1)
+
+def batches():
+    for b in range(3):
+        yield [f"new-{b}-{i}" for i in range(20)], rng.standard_normal((20, 3, 8)).astype(np.float32)
+    index.client.flush(index.collection)  # the partial entities are on disk: the kill comes before the commit
+    print("inserted", flush=True)
+    sys.stdin.read()  # killed here
+    yield from ()
+
+index.add(batches())
+"""
+
+
+def test_a_killed_add_leaves_the_collection_queryable(tmp_path):
+    uri = str(tmp_path / "photos.db")
+    rng = np.random.default_rng(0)
+    matrices = rng.standard_normal((50, 3, 8)).astype(np.float32)
+    ids = [f"old-{i}" for i in range(50)]
+    created = MilvusIndex.create(uri, "photos", 3, 8)
+    created.add([(ids, matrices)])
+    created.close()  # a milvus-lite file is one process's at a time
+    child = subprocess.Popen([sys.executable, "-c", KILLED_ADD, uri], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=testing.python_env(), text=True)
+    try:
+        line = child.stdout.readline()
+        assert line.strip() == "inserted", child.stderr.read()[-3000:]
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+
+    index = MilvusIndex.open(uri, "photos")
+    # The 60 half-added images' entities are there, and never seen.
+    assert index._count("add_id >= 0") == (50 + 60) * 3
+    assert len(index) == 50 and sorted(index.ids) == sorted(ids)
+    hits = index.search(rng.standard_normal(8), k=50)
+    assert sorted(h.id for h in hits) == sorted(ids)
+    # The next add deletes them; their ids were never in the index, so they can be added.
+    more = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    assert index.add([(["new-0-0", "late"], more)]) == 2
+    assert index._count("add_id >= 0") == 52 * 3 and len(index) == 52
+    np.testing.assert_array_equal(index.matrices(["new-0-0"])[0], more[0])
+    index.close()
+
+
+if __name__ == "__main__":
+    testing.run(__file__)
