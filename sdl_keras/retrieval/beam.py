@@ -40,6 +40,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from pipelines.beam import run_pipeline
 from sdl_keras.retrieval import encoding
 from sdl_keras.retrieval.backends import create_index, open_index, parse_location
 from sdl_keras.retrieval.index import RetrievalIndex, write_shard
@@ -148,6 +149,28 @@ def _commit_milvus(counts, uri, collection, add_id, repeated):
     return sum(counts)
 
 
+def _write_shards(matrices, items, directory, dtype, scann, shard_size):
+    """(id, matrix) pairs -> shard folders -> one commit listing them in index.json."""
+    total = items | "CountImages" >> beam.combiners.Count.Globally()
+    (matrices
+     | "Shard" >> beam.Map(_shard_of, shard_size, beam.pvalue.AsSingleton(total))
+     | "GroupShards" >> beam.GroupByKey()
+     | "WriteShards" >> beam.ParDo(WriteShard(directory, dtype, scann))
+     | "Shards" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
+     | "Commit" >> beam.Map(_commit_shards, directory))
+
+
+def _write_milvus(matrices, where, add_id, batch_size):
+    """(id, matrix) pairs -> entities of add `add_id` -> one commit, unless an id repeats."""
+    repeated = (matrices | "Ids" >> beam.Keys() | "CountIds" >> beam.combiners.Count.PerElement()
+                | "Repeated" >> beam.Filter(lambda pair: pair[1] > 1) | "RepeatedIds" >> beam.Keys())
+    (matrices
+     | "Rebatch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=max(batch_size, 256))
+     | "Insert" >> beam.ParDo(WriteToMilvus(where.uri, where.collection, add_id))
+     | "Inserted" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
+     | "Commit" >> beam.Map(_commit_milvus, where.uri, where.collection, add_id, beam.pvalue.AsList(repeated)))
+
+
 def read_images(pipeline, paths=(), manifest=None, tfrecords=None):
     """The (id, path or bytes) items of the images to index, given one way (as
     `encoding.image_items`): files and folders, a manifest, or a glob of TFRecord files."""
@@ -184,8 +207,6 @@ def build(location, pipeline_args, paths=(), manifest=None, tfrecords=None, mode
     `encoding.build`. Returns (index, added, skipped: [(id, reason)])."""
     options = PipelineOptions(list(pipeline_args))
     check_runner(location, options)
-    # Beam's workers log every step at INFO; the command reports progress and results itself.
-    logging.getLogger("apache_beam").setLevel(max(logging.WARNING, logging.getLogger().level))
     where = parse_location(location)
     # The launcher loads the model once for M, d, the aggregation and what the index records.
     encoder = encoding.make_encoder(model, run_dir)
@@ -197,31 +218,19 @@ def build(location, pipeline_args, paths=(), manifest=None, tfrecords=None, mode
         index.close()  # a milvus-lite file: the pipeline's steps open it in this process
     reports = tempfile.mkdtemp(prefix="sdl_search_unreadable_")
     try:
-        with beam.Pipeline(options=options) as pipeline:
-            items = read_images(pipeline, paths, manifest, tfrecords)
-            read = items | "Read" >> beam.ParDo(ReadImage()).with_outputs(UNREADABLE, main="images")
-            encoded = (read.images | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-                       | "Encode" >> beam.ParDo(EncodeImages(model, run_dir)).with_outputs(UNREADABLE, main="matrices"))
-            ((read[UNREADABLE], encoded[UNREADABLE]) | "Unreadable" >> beam.Flatten()
-             | "AsJson" >> beam.Map(lambda pair: json.dumps(list(pair), ensure_ascii=False))
-             | "Report" >> beam.io.WriteToText(os.path.join(reports, UNREADABLE), ".jsonl"))
-            if where.is_milvus:
-                repeated = (encoded.matrices | "Ids" >> beam.Keys() | "CountIds" >> beam.combiners.Count.PerElement()
-                            | "Repeated" >> beam.Filter(lambda pair: pair[1] > 1) | "RepeatedIds" >> beam.Keys())
-                (encoded.matrices
-                 | "Rebatch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=max(batch_size, 256))
-                 | "Insert" >> beam.ParDo(WriteToMilvus(where.uri, where.collection, add_id))
-                 | "Inserted" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
-                 | "Commit" >> beam.Map(_commit_milvus, where.uri, where.collection, add_id,
-                                        beam.pvalue.AsList(repeated)))
-            else:
-                total = items | "CountImages" >> beam.combiners.Count.Globally()
-                (encoded.matrices
-                 | "Shard" >> beam.Map(_shard_of, shard_size, beam.pvalue.AsSingleton(total))
-                 | "GroupShards" >> beam.GroupByKey()
-                 | "WriteShards" >> beam.ParDo(WriteShard(where.directory, dtype, scann))
-                 | "Shards" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
-                 | "Commit" >> beam.Map(_commit_shards, where.directory))
+        pipeline = beam.Pipeline(options=options)
+        items = read_images(pipeline, paths, manifest, tfrecords)
+        read = items | "Read" >> beam.ParDo(ReadImage()).with_outputs(UNREADABLE, main="images")
+        encoded = (read.images | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
+                   | "Encode" >> beam.ParDo(EncodeImages(model, run_dir)).with_outputs(UNREADABLE, main="matrices"))
+        ((read[UNREADABLE], encoded[UNREADABLE]) | "Unreadable" >> beam.Flatten()
+         | "AsJson" >> beam.Map(lambda pair: json.dumps(list(pair), ensure_ascii=False))
+         | "Report" >> beam.io.WriteToText(os.path.join(reports, UNREADABLE), ".jsonl"))
+        if where.is_milvus:
+            _write_milvus(encoded.matrices, where, add_id, batch_size)
+        else:
+            _write_shards(encoded.matrices, items, where.directory, dtype, scann, shard_size)
+        run_pipeline(pipeline)
         skipped = []
         for path in sorted(glob.glob(os.path.join(reports, UNREADABLE + "*"))):
             with open(path, encoding="utf-8") as f:

@@ -1,0 +1,112 @@
+"""`search build --runner=DirectRunner`: the Beam build on two worker processes gives the
+index the one-process build gives (the same ids, matrices within float tolerance, the same
+query results), reports unreadable images as the one-process build does, and writes to a
+Milvus collection."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sdl_keras.retrieval import RetrievalIndex, open_index, tag_query
+from tests import testing
+from tests.sdl_keras.saved_model import tiny_export
+
+MULTI_PROCESSING = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+def run_search(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "sdl_keras.search", *args], env=testing.python_env(), capture_output=True,
+        text=True, cwd=testing.REPO_ROOT, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """An export, its vocabulary, 12 images and two unreadable ones, and the one-process build."""
+    root = tmp_path_factory.mktemp("beam")
+    model, _, vocabulary = tiny_export.export_tiny(str(root / "saved_models" / "tiny"))
+    vocabulary.save(str(root / "vocabulary.npz"))
+    folder = root / "photos"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"{i:03d}.png").write_bytes(testing.encoded_image("PNG", seed=i)[0])
+    (folder / "broken.png").write_bytes(b"not an image")
+    (folder / "003b.png").write_bytes((folder / "000.png").read_bytes()[:600])
+    common = [f"--model={model}", f"--vocabulary={root}/vocabulary.npz", f"--images={folder}", "--batch_size=4",
+              "--shard_size=5"]
+    single = run_search("build", f"--index={root}/single", *common)
+    assert single.returncode == 1 and "12 images added, 2 skipped" in single.stderr, single.stderr[-3000:]
+    return {"root": root, "common": common, "single": RetrievalIndex.load(str(root / "single"))}
+
+
+def by_id(index):
+    matrices = np.concatenate([np.asarray(s.matrices) for s in index.shards])
+    return dict(zip(index.ids, matrices))
+
+
+def queries(vocabulary):
+    return [tag_query(names, vocabulary) for names in (["sky"], ["teddy bear"], ["café", "sunset"])]
+
+
+def test_multi_processing_build_equals_the_one_process_build(photos):
+    root, single = photos["root"], photos["single"]
+    done = run_search("build", f"--index={root}/beam", *photos["common"], "--approximate", *MULTI_PROCESSING)
+    assert done.returncode == 1, done.stderr[-3000:]  # images were skipped, as without Beam
+    assert "12 images added, 2 skipped" in done.stderr and "exact and ScaNN search" in done.stderr
+    assert "broken.png: " in done.stderr and "003b.png: cannot be decoded" in done.stderr
+    beam = RetrievalIndex.load(str(root / "beam"))
+    expected, found = by_id(single), by_id(beam)
+    assert sorted(found) == sorted(expected)
+    for image_id, matrix in expected.items():
+        np.testing.assert_allclose(found[image_id], matrix, atol=1e-5)
+    # Beam's shards: a hash of the id picks the shard, ids sorted within it.
+    assert all(s.ids == sorted(s.ids) for s in beam.shards) and len(beam.shards) > 1
+    assert beam.scann_options is not None and beam.meta["source"] == single.meta["source"]
+    for method in ("exact", "scann"):
+        for query in queries(single.vocabulary):
+            got, want = beam.search(query, 6, method), single.search(query, 6)
+            assert [(h.id, h.rows) for h in got] == [(h.id, h.rows) for h in want]
+            np.testing.assert_allclose([h.score for h in got], [h.score for h in want], rtol=1e-5)
+
+
+def test_beam_build_writes_to_milvus(photos):
+    root, single = photos["root"], photos["single"]
+    location = f"milvus:{root}/photos.db#photos"
+    done = run_search("build", f"--index={location}", *photos["common"], "--runner=DirectRunner")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "12 images added, 2 skipped, 12 in the index (3 x 16 float32, Milvus FLAT index)" in done.stderr
+    index = open_index(location)
+    try:
+        expected = by_id(single)
+        assert sorted(index.ids) == sorted(expected)
+        ids = sorted(expected)
+        np.testing.assert_allclose(index.matrices(ids), np.stack([expected[i] for i in ids]), atol=1e-5)
+        for query in queries(index.vocabulary):
+            assert [(h.id, h.rows) for h in index.search(query, 6)] == [(h.id, h.rows) for h in single.search(query, 6)]
+    finally:
+        index.close()
+    query = run_search("query", f"--index={location}", "--tag=sky", "--tag=dog", "--top_n=3", "--json")
+    assert query.returncode == 0, query.stderr[-3000:]
+    hits = single.search(tag_query(["sky", "dog"], single.vocabulary), 3)
+    assert [h["id"] for h in json.loads(query.stdout)["hits"]] == [h.id for h in hits]
+
+
+def test_milvus_lite_refuses_several_worker_processes(photos):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from sdl_keras.retrieval import beam
+
+    with pytest.raises(ValueError, match="opened by one process only"):
+        beam.check_runner(f"milvus:{photos['root']}/x.db#x", PipelineOptions(MULTI_PROCESSING))
+    beam.check_runner(f"milvus:{photos['root']}/x.db#x", PipelineOptions(["--runner=DirectRunner"]))
+    beam.check_runner(str(photos["root"] / "x"), PipelineOptions(MULTI_PROCESSING))
+    assert not os.path.exists(photos["root"] / "x")
+
+
+if __name__ == "__main__":
+    testing.run(__file__)
