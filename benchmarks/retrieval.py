@@ -16,6 +16,7 @@ and 100 at once, and ScaNN's recall@100 against exact search. Takes several minu
 at the default size (most of it building the ScaNN searchers).
 """
 
+import json
 import os
 import shutil
 import sys
@@ -43,6 +44,11 @@ flags.DEFINE_float("leaves_fraction", retrieval.ScannOptions.leaves_fraction, "S
 flags.DEFINE_integer("num_candidates", None, "Rows per query tag and shard before re-scoring (default: the index's).")
 flags.DEFINE_string("index_dir", None, "Where to write the index (default: a temporary folder, removed after).")
 flags.DEFINE_bool("reuse", False, "Search an index already at --index_dir instead of building one.")
+flags.DEFINE_list("milvus", ["FLAT", "IVF_FLAT"], "milvus-lite index types measured beside the local index "
+                  "(empty: none, as for the 1,000,000-image run).")
+flags.DEFINE_integer("ivf_nlist", 1024, "IVF_FLAT: lists (k-means cells) of the rows.")
+flags.DEFINE_integer("ivf_nprobe", 32, "IVF_FLAT: lists a query scans.")
+flags.DEFINE_integer("single_milvus", 20, "Queries timed one at a time on each Milvus index.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 FLAGS = flags.FLAGS
 
@@ -130,12 +136,19 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def build(directory, rng, concepts):
-    """Writes the index and its ScaNN searchers; returns the build's table rows."""
+def data_batches():
+    """The index's (ids, matrices) batches: the same for every backend (their own generator)."""
+    rng = np.random.default_rng(FLAGS.seed)
+    concepts, _, _ = make_concepts(rng, FLAGS.concepts, FLAGS.dim)
+    return image_batches(np.random.default_rng(FLAGS.seed + 1), concepts, FLAGS.images, FLAGS.num_rows)
+
+
+def build(directory):
+    """Writes the index and its ScaNN searchers; returns the build's table rows and times."""
     generating = [0.0]
 
     def generated():
-        batches = image_batches(rng, concepts, FLAGS.images, FLAGS.num_rows)
+        batches = data_batches()
         while True:
             start = time.perf_counter()
             batch = next(batches, None)
@@ -151,7 +164,7 @@ def build(directory, rng, concepts):
     _, scann_time = timed(index.build_searchers, options)
     anonymous, mapped = memory.stop()
     shards = f"{len(index.shards)} shards of {FLAGS.shard_size:,} images"
-    return [
+    rows = [
         ("build: write matrices + ids", f"{total - generating[0]:.1f} s",
          f"generating them took {generating[0]:.1f} s more"),
         ("build: ScaNN searchers", f"{scann_time:.1f} s",
@@ -159,10 +172,16 @@ def build(directory, rng, concepts):
         ("build: peak memory", f"{anonymous:.2f} GiB",
          f"own (anonymous); plus up to {mapped:.2f} GiB file-backed (mapped matrices, libraries)"),
     ]
+    return rows, {"exact": total - generating[0], "scann": total - generating[0] + scann_time}
+
+
+def recall(found, exact):
+    return np.array([len({h.id for h in a} & {h.id for h in e}) / max(len(e), 1) for a, e in zip(found, exact)])
 
 
 def search(index, queries):
-    """Times exact and ScaNN search and measures ScaNN's recall; returns the table rows."""
+    """Times exact and ScaNN search and measures ScaNN's recall; returns the table rows, the
+    exact results and each method's figures."""
     k, n = FLAGS.k, len(queries)
     args = {"num_candidates": FLAGS.num_candidates}
     index.search(queries[0], k, "scann", **args)  # loads the searchers and the ids
@@ -171,22 +190,75 @@ def search(index, queries):
     _, exact_single = timed(lambda: [index.search(q, k, "exact") for q in single])
     approx_all, approx_batch = timed(index.search_batch, list(queries), k, "scann", **args)
     _, approx_single = timed(lambda: [index.search(q, k, "scann", **args) for q in queries])
-    recalls = np.array(
-        [len({h.id for h in a} & {h.id for h in e}) / max(len(e), 1) for a, e in zip(approx_all, exact_all)]
-    )
+    recalls = recall(approx_all, exact_all)
     seen = int(0.6 * n)  # make_queries puts the seen-tag queries first
     exact_qps, approx_qps = len(single) / exact_single, n / approx_single
     anonymous, mapped = resident_gb()
-    return [
+    rows = [
         ("exact, one query at a time", f"{exact_qps:.2f} queries/s", f"mean of {len(single)}"),
         ("exact, 100 queries at once", f"{n / exact_batch:.2f} queries/s", "one pass over the matrices"),
         ("ScaNN, one query at a time", f"{approx_qps:.1f} queries/s", f"{approx_qps / exact_qps:.0f}x exact"),
-        ("ScaNN, 100 queries at once", f"{n / approx_batch:.1f} queries/s", f"{exact_batch / approx_batch:.0f}x exact"),
+        ("ScaNN, 100 queries at once", f"{n / approx_batch:.1f} queries/s",
+         f"{exact_batch / approx_batch:.0f}x exact, {approx_single / approx_batch:.1f}x ScaNN one at a time"),
         (f"ScaNN recall@{k}", f"{recalls.mean():.4f}",
          f"min {recalls.min():.2f}; seen-tag queries {recalls[:seen].mean():.4f}, others {recalls[seen:].mean():.4f}"),
         ("search: memory", f"{anonymous:.2f} GiB",
          f"own (anonymous); plus {mapped:.2f} GiB file-backed (mapped matrices, libraries)"),
     ]
+    figures = {
+        "exact": {"recall": 1.0, "single": exact_qps, "batched": n / exact_batch},
+        "scann": {"recall": recalls.mean(), "single": approx_qps, "batched": n / approx_batch},
+    }
+    return rows, exact_all, figures
+
+
+def milvus_backend(index_type, queries, exact_all, folder):
+    """Builds a milvus-lite collection of the same matrices with `index_type` and measures it
+    as the local methods are measured."""
+    from sdl_keras.retrieval import MilvusIndex, MilvusOptions
+
+    params, search_params = {}, {}
+    if index_type == "IVF_FLAT":
+        params, search_params = {"nlist": FLAGS.ivf_nlist}, {"nprobe": FLAGS.ivf_nprobe}
+    before = resident_gb()[0]
+    memory = PeakMemory()
+    start = time.perf_counter()
+    index = MilvusIndex.create(os.path.join(folder, f"{index_type.lower()}.db"), "bench", FLAGS.num_rows, FLAGS.dim,
+                               MilvusOptions(index_type, params, search_params))
+    generating = 0.0
+    batches = data_batches()
+    while True:
+        started = time.perf_counter()
+        batch = next(batches, None)
+        generating += time.perf_counter() - started
+        if batch is None:
+            break
+        index.add([batch])
+    index.search(queries[0], FLAGS.k)  # the first search waits for the index
+    build_time = time.perf_counter() - start - generating
+    peak = memory.stop()[0]
+    k, n = FLAGS.k, len(queries)
+    found, batched = timed(index.search_batch, list(queries), k)
+    single = list(queries[: FLAGS.single_milvus])
+    _, one_at_a_time = timed(lambda: [index.search(q, k) for q in single])
+    own = resident_gb()[0]
+    index.close()
+    return {"recall": recall(found, exact_all).mean(), "single": len(single) / one_at_a_time, "batched": n / batched,
+            "build": build_time, "memory": f"{peak - before:.2f} GiB peak, {own - before:.2f} GiB after",
+            "note": json.dumps(params or {}) + (" " + json.dumps(search_params) if search_params else "")}
+
+
+def side_by_side(figures):
+    header = ("backend", "build", "memory (own)", f"recall@{FLAGS.k}", "one at a time", f"{FLAGS.queries} at once",
+              "settings")
+    rows = [header] + [
+        (name, f"{f['build']:.1f} s", f["memory"], f"{f['recall']:.4f}", f"{f['single']:.1f} q/s",
+         f"{f['batched']:.1f} q/s", f.get("note", "")) for name, f in figures.items()
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [" | ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "-|-".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def main(argv):
@@ -195,18 +267,30 @@ def main(argv):
     concepts, topic_vectors, topic_of = make_concepts(rng, FLAGS.concepts, FLAGS.dim)
     queries = make_queries(rng, concepts, topic_vectors, topic_of, FLAGS.queries)
     directory = FLAGS.index_dir or tempfile.mkdtemp(prefix="retrieval_bench_")
+    milvus_folder = tempfile.mkdtemp(prefix="retrieval_bench_milvus_")
     try:
-        rows = [] if FLAGS.reuse else build(directory, rng, concepts)
+        rows, build_times = ([], {}) if FLAGS.reuse else build(directory)
         index = retrieval.RetrievalIndex.load(directory)
         matrices_bytes = sum(s.matrices.nbytes for s in index.shards)
         scann_bytes = sum(folder_bytes(os.path.join(s.directory, retrieval.SCANN_DIR)) for s in index.shards)
+        search_rows, exact_all, figures = search(index, queries)
         rows += [
             ("index: matrices on disk", f"{matrices_bytes / 2**30:.2f} GiB",
              f"{len(index):,} x {index.num_rows} x {index.dim} {index.dtype}, memory-mapped"),
             ("index: ScaNN searchers", f"{scann_bytes / 2**30:.2f} GiB", "held in memory while searching"),
-            *search(index, queries),
+            *search_rows,
         ]
+        figures["exact"].update(build=build_times.get("exact", float("nan")),
+                                memory=f"0 + {matrices_bytes / 2**30:.2f} GiB mapped")
+        figures["scann"].update(build=build_times.get("scann", float("nan")),
+                                memory=f"{scann_bytes / 2**30:.2f} GiB + mapped",
+                                note=f"leaves {FLAGS.leaves_fraction:.0%}")
+        figures = {"exact (local)": figures["exact"], "ScaNN (local)": figures["scann"]}
+        del index
+        for index_type in FLAGS.milvus:
+            figures[f"milvus-lite {index_type}"] = milvus_backend(index_type, queries, exact_all, milvus_folder)
     finally:
+        shutil.rmtree(milvus_folder, ignore_errors=True)
         if not FLAGS.index_dir:
             shutil.rmtree(directory, ignore_errors=True)
     load = os.getloadavg()
@@ -216,6 +300,8 @@ def main(argv):
     value_width = max(len(r[1]) for r in rows)
     for name, value, note in rows:
         print(f"{name.ljust(width)} | {value.rjust(value_width)} | {note}")
+    print(f"\nSide by side ({FLAGS.queries} queries, k={FLAGS.k}; recall against exact search):")
+    print(side_by_side(figures))
 
 
 if __name__ == "__main__":

@@ -77,8 +77,9 @@ class ScannOptions:
     dims_per_block, anisotropic_threshold: the anisotropic hashing (score_ah) settings.
     training_sample_size: rows the partitioner and the hashing are trained on.
     num_candidates: rows each query tag retrieves per shard; None = max(`candidates_per_hit` x k, 1000).
-    rescore_per_hit: per shard, the `rescore_per_hit` x k images whose retrieved rows have the
-        best (approximate) ScaNN scores are re-scored exactly over all their rows.
+    rescore_per_hit: per shard, each image a tag retrieved gets an exact lower bound (the
+        exact product of its best retrieved row); the `rescore_per_hit` x k images with the
+        best bounds are re-scored exactly over all their rows.
     exact_below_rows: a shard of fewer rows (images x M) is scored exactly instead: below
         this size scoring every row costs no more than a ScaNN search and its re-scoring
         (benchmarks/retrieval.py --small_shards measures it), and a tree of so few rows
@@ -614,40 +615,52 @@ class RetrievalIndex:
     def _candidates(self, shard, found, distances, vectors, columns, rescored):
         """(queries, images): per query, the `rescored` images of a shard to re-score exactly,
         sorted by query. ScaNN lists each tag's rows best first, so an image's first listed
-        row is its best by ScaNN's (approximate) products; that row's exact product with the
-        tag bounds the image's score from below, and the images with the best bounds are
-        kept (a tag that did not retrieve an image counts its lowest bound). One row read
-        per retrieved image, all queries at once."""
-        valid = np.isfinite(distances)  # ScaNN pads short results with NaN
-        tags = np.nonzero(valid)[0]
-        rows = found[valid].astype(np.int64)
-        _, first = np.unique(tags * shard.count + rows // self.num_rows, return_index=True)
-        tags, rows = tags[first], rows[first]
-        images = rows // self.num_rows
-        scores = _products(shard.matrices.reshape(-1, 1, self.dim), rows, vectors, tags)[:, 0]
-        query_of = np.repeat(np.arange(len(columns)), [len(c) for c in columns])
-        queries = query_of[tags]
-        several = [q for q, c in enumerate(columns) if len(c) > 1]
-        if several:
-            keep = ~np.isin(queries, several)
-            parts = [(queries[keep], images[keep], scores[keep])]
-            for q in several:
-                mine = queries == q
-                united = np.unique(images[mine])
-                bound = np.zeros(len(united), np.float32)
-                for c in columns[q]:
-                    tag = tags == c
-                    if tag.any():
-                        filled = np.full(len(united), scores[tag].min(), np.float32)
-                        filled[np.searchsorted(united, images[tag])] = scores[tag]
-                        bound += filled
-                parts.append((np.full(len(united), q), united, bound))
-            queries, images, scores = (np.concatenate(p) for p in zip(*parts))
-        # The best `rescored` images of each query.
-        order = np.lexsort((images, -scores, queries))
-        queries, images = queries[order], images[order]
-        kept = np.arange(len(queries)) - np.searchsorted(queries, queries) < rescored
-        return queries[kept], images[kept]
+        row is its best by ScaNN's (approximate) products; that row is read and its exact
+        product bounds the image's score from below; the images with the best bounds are
+        kept (for several tags, the sum of their bounds, a tag that did not bound an image
+        counting its lowest). Each tag's results are one row of (V, C) arrays, so all the
+        tags of a batch go through each step at once."""
+        images = np.where(np.isfinite(distances), found // self.num_rows, -1)  # -1: ScaNN's padding
+        order = np.argsort(images, axis=1, kind="stable")
+        ranked = np.take_along_axis(images, order, axis=1)
+        first_in_ranked = ranked >= 0
+        first_in_ranked[:, 1:] &= ranked[:, 1:] != ranked[:, :-1]
+        first = np.zeros_like(first_in_ranked)
+        np.put_along_axis(first, order, first_in_ranked, axis=1)
+        tags, positions = np.nonzero(first)
+        bounds = np.full(images.shape, -np.inf, np.float32)
+        rows = found[tags, positions].astype(np.int64)
+        bounds[tags, positions] = _products(shard.matrices.reshape(-1, 1, self.dim), rows, vectors, tags)[:, 0]
+        queries, kept = [], []
+        for q, cols in enumerate(columns):
+            if len(cols) == 1:
+                continue
+            bounded_images = [(images[c][first[c]], bounds[c][first[c]]) for c in cols if first[c].any()]
+            if not bounded_images:
+                continue
+            united = np.unique(np.concatenate([i for i, _ in bounded_images]))
+            total = np.zeros(len(united), np.float32)
+            for tag_images, tag_bounds in bounded_images:
+                filled = np.full(len(united), tag_bounds.min(), np.float32)
+                filled[np.searchsorted(united, tag_images)] = tag_bounds
+                total += filled
+            best = np.sort(united[np.argsort(-total, kind="stable")[:rescored]])
+            queries.append(np.full(len(best), q))
+            kept.append(best)
+        single = np.array([q for q, cols in enumerate(columns) if len(cols) == 1], dtype=np.int64)
+        if len(single):
+            tag_bounds = bounds[[columns[q][0] for q in single]]
+            take = min(rescored, tag_bounds.shape[1])
+            top = np.argpartition(-tag_bounds, take - 1, axis=1)[:, :take]
+            usable = np.take_along_axis(tag_bounds, top, axis=1) > -np.inf
+            top_images = np.take_along_axis(images[[columns[q][0] for q in single]], top, axis=1)
+            queries.append(np.repeat(single, usable.sum(axis=1)))
+            kept.append(top_images[usable])
+        if not queries:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        queries, images = np.concatenate(queries), np.concatenate(kept)
+        order = np.argsort(queries, kind="stable")
+        return queries[order], images[order]
 
     def _rescore(self, shard, base, queries, images, vectors, columns, tops):
         """Exact scores of (query, image) pairs over all the images' rows, offered to the
