@@ -620,6 +620,7 @@ class RetrievalIndex:
         kept (for several tags, the sum of their bounds, a tag that did not bound an image
         counting its lowest). Each tag's results are one row of (V, C) arrays, so all the
         tags of a batch go through each step at once."""
+        found = found.astype(np.int64)  # ScaNN answers uint32 row numbers
         images = np.where(np.isfinite(distances), found // self.num_rows, -1)  # -1: ScaNN's padding
         order = np.argsort(images, axis=1, kind="stable")
         ranked = np.take_along_axis(images, order, axis=1)
@@ -629,7 +630,7 @@ class RetrievalIndex:
         np.put_along_axis(first, order, first_in_ranked, axis=1)
         tags, positions = np.nonzero(first)
         bounds = np.full(images.shape, -np.inf, np.float32)
-        rows = found[tags, positions].astype(np.int64)
+        rows = found[tags, positions]
         bounds[tags, positions] = _products(shard.matrices.reshape(-1, 1, self.dim), rows, vectors, tags)[:, 0]
         queries, kept = [], []
         for q, cols in enumerate(columns):
