@@ -1,6 +1,8 @@
 """Tag-based retrieval at scale: exact search against ScaNN over 1,000,000 images x M=7 x d=300.
 
     python benchmarks/retrieval.py [--images=1000000] [--dtype=float32] [--index_dir=/tmp/retrieval_bench]
+    python benchmarks/retrieval.py --images=200000   # + milvus-lite FLAT and IVF_FLAT, side by side
+    python benchmarks/retrieval.py --small_shards     # where ScaNN stops paying on a small shard
 
 The matrices are generated with the structure trained SDL matrices have, not noise:
 300 tag-like directions ("concepts") grouped under 30 topics, as related words'
@@ -12,8 +14,11 @@ new directions within a topic (unseen tags).
 
 Reports: index build time (writing the matrices; building the ScaNN searchers), its
 size on disk and in memory, queries/s of exact and ScaNN search, one query at a time
-and 100 at once, and ScaNN's recall@100 against exact search. Takes several minutes
-at the default size (most of it building the ScaNN searchers).
+and 100 at once, and ScaNN's recall@100 against exact search; then the same figures
+side by side with a milvus-lite collection of the same matrices per --milvus index type
+(FLAT and IVF_FLAT up to 200,000 images; none at 1,000,000, where milvus-lite's inserts
+alone would take hours). Takes several minutes at the default size (most of it building
+the ScaNN searchers).
 """
 
 import json
@@ -44,11 +49,13 @@ flags.DEFINE_float("leaves_fraction", retrieval.ScannOptions.leaves_fraction, "S
 flags.DEFINE_integer("num_candidates", None, "Rows per query tag and shard before re-scoring (default: the index's).")
 flags.DEFINE_string("index_dir", None, "Where to write the index (default: a temporary folder, removed after).")
 flags.DEFINE_bool("reuse", False, "Search an index already at --index_dir instead of building one.")
-flags.DEFINE_list("milvus", ["FLAT", "IVF_FLAT"], "milvus-lite index types measured beside the local index "
-                  "(empty: none, as for the 1,000,000-image run).")
+flags.DEFINE_list("milvus", None, "milvus-lite index types measured beside the local index (default: FLAT and "
+                  "IVF_FLAT up to 200,000 images, none above; --milvus= for none).")
 flags.DEFINE_integer("ivf_nlist", 1024, "IVF_FLAT: lists (k-means cells) of the rows.")
 flags.DEFINE_integer("ivf_nprobe", 32, "IVF_FLAT: lists a query scans.")
 flags.DEFINE_integer("single_milvus", 20, "Queries timed one at a time on each Milvus index.")
+flags.DEFINE_bool("small_shards", False, "Instead: exact against ScaNN on one small shard of each --small_sizes.")
+flags.DEFINE_list("small_sizes", ["500", "1000", "2000", "3000", "5000", "10000"], "Images of the small shards.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 FLAGS = flags.FLAGS
 
@@ -261,11 +268,38 @@ def side_by_side(figures):
     return "\n".join(lines)
 
 
+def small_shards(queries):
+    """Exact against ScaNN search of one small shard, one query at a time, at the sizes of
+    --small_sizes: where ScaNN stops paying (ScannOptions.exact_below_rows)."""
+    rng = np.random.default_rng(FLAGS.seed)
+    concepts, _, _ = make_concepts(rng, FLAGS.concepts, FLAGS.dim)
+    lines = ["images | rows    | exact ms/query | ScaNN ms/query | ScaNN recall@10",
+             "-------|---------|----------------|----------------|----------------"]
+    forced = retrieval.ScannOptions(leaves_fraction=FLAGS.leaves_fraction, exact_below_rows=0)
+    for size in FLAGS.small_sizes:
+        folder = tempfile.mkdtemp(prefix="retrieval_small_")
+        try:
+            batches = image_batches(np.random.default_rng(FLAGS.seed + 1), concepts, int(size), FLAGS.num_rows)
+            index = retrieval.build_index(folder, batches, scann=forced, shard_size=int(size))
+            index.search(queries[0], 10, "scann")
+            exact, exact_time = timed(lambda: [index.search(q, 10) for q in queries])
+            approximate, scann_time = timed(lambda: [index.search(q, 10, "scann") for q in queries])
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        lines.append(f"{int(size):>6} | {int(size) * FLAGS.num_rows:>7,} | {1e3 * exact_time / len(queries):>14.2f} | "
+                     f"{1e3 * scann_time / len(queries):>14.2f} | {recall(approximate, exact).mean():>15.3f}")
+    print(f"\nSmall shards, M={FLAGS.num_rows}, d={FLAGS.dim} (ScaNN forced: exact_below_rows=0; "
+          f"{len(queries)} queries one at a time, load average {os.getloadavg()[0]:.1f}):")
+    print("\n".join(lines))
+
+
 def main(argv):
     del argv
     rng = np.random.default_rng(FLAGS.seed)
     concepts, topic_vectors, topic_of = make_concepts(rng, FLAGS.concepts, FLAGS.dim)
     queries = make_queries(rng, concepts, topic_vectors, topic_of, FLAGS.queries)
+    if FLAGS.small_shards:
+        return small_shards(list(queries))
     directory = FLAGS.index_dir or tempfile.mkdtemp(prefix="retrieval_bench_")
     milvus_folder = tempfile.mkdtemp(prefix="retrieval_bench_milvus_")
     try:
@@ -287,7 +321,8 @@ def main(argv):
                                 note=f"leaves {FLAGS.leaves_fraction:.0%}")
         figures = {"exact (local)": figures["exact"], "ScaNN (local)": figures["scann"]}
         del index
-        for index_type in FLAGS.milvus:
+        milvus = FLAGS.milvus if FLAGS.milvus is not None else ["FLAT", "IVF_FLAT"] * (FLAGS.images <= 200_000)
+        for index_type in milvus:
             figures[f"milvus-lite {index_type}"] = milvus_backend(index_type, queries, exact_all, milvus_folder)
     finally:
         shutil.rmtree(milvus_folder, ignore_errors=True)
