@@ -66,6 +66,8 @@ def main(argv):
         raise app.UsageError(f"python -m sdl_keras.search {{{'|'.join(COMMANDS)}}} --index=DIR [flags]")
     argv, pipeline_args = cli.split_pipeline_options(argv, FLAGS.runner)
     command, extra = argv[1], argv[2:]
+    if pipeline_args and command != "build":
+        raise app.UsageError(f"--runner: `build` runs as a Beam pipeline; `{command}` runs in this process.")
     from sdl_keras.retrieval import ScannOptions, backends, encoding, milvus
     from sdl_keras.retrieval.index import format_hits, query_from
 
@@ -80,8 +82,6 @@ def main(argv):
     images = (list(FLAGS.images) + extra, FLAGS.manifest, FLAGS.tfrecords)
     options = dict(shard_size=FLAGS.shard_size, batch_size=FLAGS.batch_size)
     if command == "add":
-        if pipeline_args:
-            raise app.UsageError("--runner: `build` runs as a Beam pipeline; `add` runs in this process.")
         index, added, skipped = encoding.add(FLAGS.index, *encoding.image_items(*images), FLAGS.model, FLAGS.run_dir,
                                              **options)
     else:

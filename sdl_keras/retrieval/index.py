@@ -83,7 +83,8 @@ class ScannOptions:
     exact_below_rows: a shard of fewer rows (images x M) is scored exactly instead: below
         this size scoring every row costs no more than a ScaNN search and its re-scoring
         (benchmarks/retrieval.py --small_shards measures it), and a tree of so few rows
-        searched at `leaves_fraction` misses images (recall@10 0.5 on the demo's 1,000 images).
+        searched at `leaves_fraction` misses images (the trained demo's 1,000-image index
+        found 5 of "red circle"'s top 10).
     """
 
     num_leaves: int = None

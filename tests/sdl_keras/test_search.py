@@ -112,9 +112,11 @@ def test_command_line_builds_adds_and_queries_a_milvus_collection(exported, tmp_
     assert [h["id"] for h in hits] == [(photos + more)[i] for i in order]
     assert [h["rows"] for h in hits] == products.argmax(axis=1)[order].tolist()
     np.testing.assert_allclose([h["score"] for h in hits], products.max(axis=1).sum(axis=1)[order], rtol=1e-5)
-    wrong = run_search("query", f"--index={location}", "--tag=sky", "--method=scann")
-    assert wrong.returncode == 1 and "--method, --num_candidates and --leaves_to_search apply to a local index" in (
-        wrong.stderr)
+    index = retrieval.open_index(location)
+    with pytest.raises(ValueError, match="--method, --num_candidates and --leaves_to_search apply to a local index"):
+        retrieval.backends.search_options(index, method="scann")
+    assert retrieval.backends.search_options(index, search_params={"nprobe": 1}) == {"search_params": {"nprobe": 1}}
+    index.close()
 
 
 def test_a_run_directory_encodes_as_its_export(exported, tmp_path):
