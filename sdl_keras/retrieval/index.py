@@ -97,7 +97,7 @@ class ScannOptions:
     num_candidates: int = None
     candidates_per_hit: int = 20
     rescore_per_hit: int = 2
-    exact_below_rows: int = 20_000
+    exact_below_rows: int = 10_000
 
 
 @dataclasses.dataclass(frozen=True)

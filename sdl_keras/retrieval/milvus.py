@@ -56,7 +56,8 @@ def milvus_client(uri, token=None):
     try:
         from pymilvus import MilvusClient, MilvusException
     except ImportError as error:
-        raise ImportError("A Milvus index needs pymilvus (and milvus-lite for a local file): see requirements.txt.") from error
+        raise ImportError("A Milvus index needs pymilvus (and milvus-lite for a local file): see requirements.txt."
+                          ) from error
     if is_remote(uri):
         return MilvusClient(uri=uri, token=token or "")
     if not uri.endswith(".db"):
@@ -278,10 +279,9 @@ class MilvusIndex:
         out = np.full((len(ids), self.num_rows, self.dim), np.nan, np.float32)
         step = max(1, CALL_ENTITIES // self.num_rows)
         for start in range(0, len(ids), step):
-            entities = self.client.query(
-                self.collection, filter=f"add_id <= {self.committed} and image_id in {_id_list(ids[start:start + step])}",
-                output_fields=["image_id", "row", "vector"],
-            )
+            wanted = _id_list(ids[start : start + step])
+            entities = self.client.query(self.collection, filter=f"add_id <= {self.committed} and image_id in {wanted}",
+                                         output_fields=["image_id", "row", "vector"])
             for entity in entities:
                 out[position[entity["image_id"]], entity["row"]] = entity["vector"]
         missing = [i for i, image_id in enumerate(ids) if np.isnan(out[i, :, 0]).any()]

@@ -95,8 +95,9 @@ def test_command_line_builds_adds_and_queries_a_milvus_collection(exported, tmp_
     photos = write_images(str(tmp_path / "photos"), 5, seed=0)
     more = write_images(str(tmp_path / "more"), 2, seed=50)
     location = f"milvus:{tmp_path}/photos.db#photos"
-    build = run_search("build", f"--index={location}", f"--model={model_path}", f"--vocabulary={tmp_path}/vocabulary.npz",
-                       f"--images={tmp_path}/photos", "--milvus_index_type=IVF_FLAT", '--milvus_index_params={"nlist": 2}',
+    build = run_search("build", f"--index={location}", f"--model={model_path}",
+                       f"--vocabulary={tmp_path}/vocabulary.npz", f"--images={tmp_path}/photos",
+                       "--milvus_index_type=IVF_FLAT", '--milvus_index_params={"nlist": 2}',
                        '--milvus_search_params={"nprobe": 2}')
     assert build.returncode == 0, build.stderr[-3000:]
     assert "5 images added, 0 skipped, 5 in the index (3 x 16 float32, Milvus IVF_FLAT index)" in build.stderr
