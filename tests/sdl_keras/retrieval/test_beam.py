@@ -1,7 +1,7 @@
 """`search build --runner=DirectRunner`: the Beam build on two worker processes gives the
 index the one-process build gives (the same ids, matrices within float tolerance, the same
 query results), reports unreadable images as the one-process build does, and writes to a
-Milvus collection."""
+Milvus collection (here from TFRecords)."""
 
 import os
 import subprocess
@@ -74,9 +74,19 @@ def test_multi_processing_build_equals_the_one_process_build(photos):
 
 
 def test_beam_build_writes_to_milvus(photos):
+    import tensorflow as tf
+
+    from pipelines.tfrecord.format import make_example
+
     root, single = photos["root"], photos["single"]
+    # The same images as TFRecords (ReadFromTFRecord), the two unreadable ones included.
+    with tf.io.TFRecordWriter(str(root / "photos.tfrecord")) as writer:
+        for path in sorted((root / "photos").iterdir()):
+            writer.write(make_example(path.read_bytes(), str(path), np.zeros(len(single.vocabulary))))
     location = f"milvus:{root}/photos.db#photos"
-    done = run_search("build", f"--index={location}", *photos["common"], "--runner=DirectRunner")
+    common = [flag for flag in photos["common"] if not flag.startswith("--images")]
+    done = run_search("build", f"--index={location}", *common, f"--tfrecords={root}/*.tfrecord",
+                      "--runner=DirectRunner")
     assert done.returncode == 1, done.stderr[-3000:]
     assert "12 images added, 2 skipped, 12 in the index (3 x 16 float32, Milvus FLAT index)" in done.stderr
     index = open_index(location)
