@@ -313,7 +313,8 @@ class MilvusIndex:
         and not in `known` (the set of this add's ids so far, which it extends)."""
         known = set() if known is None else known
         ids, matrices = check_batch(ids, matrices, self.num_rows, self.dim, known)
-        repeated = sorted(self._present(ids))
+        # Nothing committed yet (a new collection's first add): no id can be in it.
+        repeated = sorted(self._present(ids)) if self.committed else []
         if repeated:
             raise ValueError(f"Image id(s) already in the index or repeated: {repeated[:10]}")
         known.update(ids)
