@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from sdl_keras.retrieval import RetrievalIndex, open_index, tag_query
+from sdl_keras.retrieval import RetrievalIndex, encoding, open_index, tag_query
 from tests import testing
 from tests.sdl_keras.saved_model import tiny_export
 
@@ -38,9 +38,11 @@ def photos(tmp_path_factory):
     (folder / "003b.png").write_bytes((folder / "000.png").read_bytes()[:600])
     common = [f"--model={model}", f"--vocabulary={root}/vocabulary.npz", f"--images={folder}", "--batch_size=4",
               "--shard_size=5"]
-    single = run_search("build", f"--index={root}/single", *common)
-    assert single.returncode == 1 and "12 images added, 2 skipped" in single.stderr, single.stderr[-3000:]
-    return {"root": root, "common": common, "single": RetrievalIndex.load(str(root / "single"))}
+    # The one-process build, as `search build` without --runner runs it (test_search runs that command).
+    single, added, skipped = encoding.build(str(root / "single"), *encoding.image_items([str(folder)]), model=model,
+                                            vocabulary=str(root / "vocabulary.npz"), batch_size=4, shard_size=5)
+    assert (added, len(skipped)) == (12, 2)
+    return {"root": root, "common": common, "single": single}
 
 
 def by_id(index):
