@@ -7,6 +7,8 @@ JPEGs, then measures in one run, alternating rounds:
             PyTorch code's approach, without the framework around it)
   tf files  pipelines.files.image_label_dataset over the image files
   tf records pipelines.tfrecord.records.tfrecord_dataset over TFRecord shards of the same images
+  tf records checked  the same from the shards' RecordSet, as training reads them: each shard's
+            records counted against its conversion's count (a damaged shard is skipped and counted)
 The tf.data pipelines are built with repeat=True, as sdl_keras.training's are, and each
 measurement reads several passes through one iterator: a new iterator per pass would
 add TensorFlow's function instantiation (tens of ms) to every pass of a few hundred
@@ -126,11 +128,17 @@ def main(argv):
                 shard_pattern(record_dir, "train"), labels.shape[1], IMAGE_SIZE, BATCH, repeat=True,
                 deterministic=False,
             )
+            record_set = records.open_record_set(record_dir, "train")
+            from_checked = records.tfrecord_dataset(
+                record_set, labels.shape[1], IMAGE_SIZE, BATCH, repeat=True, deterministic=False,
+                unreadable=records.UnreadableRecordCounter(record_set),
+            )
             # Each measures `images` images and returns (wall, per core).
             methods = {
                 "pil": lambda images: pil_process.apply(measure_pil, (paths, images)),
                 "tf files": lambda images: measure(lambda: (x for x, _ in from_files), images),
                 "tf records": lambda images: measure(lambda: (x for x, _ in from_records), images),
+                "tf records checked": lambda images: measure(lambda: (x for x, _ in from_checked), images),
             }
             for method in methods.values():  # warm-up: graph tracing, file cache
                 method(len(paths))

@@ -1,16 +1,25 @@
-"""Serving load: throughput and latency of the local model server under concurrent clients.
+"""Serving load: the local model server (`python -m sdl_keras.serving.server`, its own process on
+127.0.0.1) under concurrent gRPC clients.
 
     python benchmarks/serving.py                       # a fresh NUS-WIDE-sized small_cnn export
     python benchmarks/serving.py --model_base_path saved_models/demo --model_name demo
+    python benchmarks/serving.py --runs=batching       # only the batching table
+    python benchmarks/serving.py --runs=sweep          # only the fault sweep
 
-Starts `python -m sdl_keras.serving.server` on 127.0.0.1 (a free port), then runs
---clients concurrent gRPC clients x --requests predict requests (one image each, the six
-NUS-WIDE photos of ../shared when present, else synthetic JPEGs), bounded by --time_limit,
-and prints a table: requests, failures, throughput, p50/p99 latency.
+Two tables:
+- batching: requests/s and p50/p99 latency with server-side batching off and on (the
+  export's batching_parameters.txt), for each of --clients concurrent clients sending
+  --requests predict requests of one image each (the six NUS-WIDE photos of ../shared when
+  present, else synthetic JPEGs);
+- sweep: --sweep_clients x --sweep_requests requests, a quarter of them bad (garbage, a
+  truncated JPEG, an empty batch, NaN tag vectors), all three signatures, while a new version
+  is copied into the base path non-atomically: good requests failed (must be 0), bad ones
+  refused, and the requests each version answered (the new one from once it is complete).
 """
 
 import glob
 import os
+import shutil
 import sys
 import tempfile
 
@@ -24,9 +33,13 @@ flags.DEFINE_integer("image_size", 224, "Fresh model: input size.")
 flags.DEFINE_integer("num_rows", 7, "Fresh model: M.")
 flags.DEFINE_integer("embed_dim", 300, "Fresh model: d.")
 flags.DEFINE_integer("num_tags", 1006, "Fresh model: vocabulary size (NUS-WIDE's 925 seen + 81 unseen).")
-flags.DEFINE_integer("clients", 8, "Concurrent clients.")
-flags.DEFINE_integer("requests", 200, "Requests per client.")
-flags.DEFINE_float("time_limit", 300.0, "Seconds after which clients stop sending.")
+flags.DEFINE_enum("runs", "all", ["all", "batching", "sweep"], "Which tables to measure.")
+flags.DEFINE_list("clients", ["8", "32"], "Batching table: concurrent clients, one row each.")
+flags.DEFINE_integer("requests", 50, "Batching table: requests per client.")
+flags.DEFINE_integer("sweep_clients", 16, "Sweep: concurrent clients.")
+flags.DEFINE_integer("sweep_requests", 100, "Sweep: requests per client.")
+flags.DEFINE_float("time_limit", 600.0, "Seconds after which clients stop sending, per run.")
+flags.DEFINE_string("batching_parameters_file", None, "Batching on: these parameters (default: the export's).")
 flags.DEFINE_string("images", None, "A folder of images to send (default: ../shared/reference/images).")
 FLAGS = flags.FLAGS
 
@@ -48,8 +61,8 @@ def _fresh_export(root):
     import numpy as np
 
     from sdl_keras.embeddings import TagVocabulary
-    from sdl_keras.saved_model import export_model
     from sdl_keras.models import build_sdl_model
+    from sdl_keras.saved_model import export_model
 
     model = build_sdl_model("small_cnn", FLAGS.num_rows, FLAGS.embed_dim, FLAGS.image_size)
     rng = np.random.default_rng(0)
@@ -65,36 +78,94 @@ def _fresh_export(root):
     )
 
 
+def _server_flags(base, name, batching):
+    flags_ = [f"--model_base_path={base}", f"--model_name={name}", "--file_system_poll_wait_seconds=0.5",
+              f"--grpc_workers={max(64, 2 * max(int(c) for c in FLAGS.clients), 2 * FLAGS.sweep_clients)}"]
+    if batching:
+        parameters = FLAGS.batching_parameters_file or os.path.join(base, "batching_parameters.txt")
+        flags_ += ["--enable_batching", f"--batching_parameters_file={parameters}"]
+    return flags_
+
+
+def _batching_table(base, name, images):
+    from sdl_keras.serving.clients import GrpcClient
+    from sdl_keras.serving.load import image_requests, run_load, start_server_process
+
+    rows, failed = [], 0
+    for batching in (False, True):
+        with start_server_process(*_server_flags(base, name, batching)) as server:
+            for clients in (int(c) for c in FLAGS.clients):
+                result = run_load(lambda: GrpcClient(server.grpc), name, image_requests(images), clients,
+                                  FLAGS.requests, FLAGS.time_limit)
+                failed += result.failures + (clients * FLAGS.requests - result.requests)
+                rows.append(f"| {'on' if batching else 'off'} | {clients} | {result.requests} | {result.failures} | "
+                            f"{result.throughput:.1f} | {result.percentile(50):.1f} | {result.percentile(99):.1f} |")
+                rows += [f"failure: {error}" for error in result.errors]
+    print("| batching | clients | requests | failed | requests/s | p50 ms | p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+    return failed
+
+
+def _sweep(base, name, images, root):
+    from sdl_keras.saved_model import list_versions
+    from sdl_keras.serving.clients import GrpcClient, ServingClientError
+    from sdl_keras.serving.load import VersionDrop, copy_version, mixed_requests, run_load, start_server_process
+
+    # A base path holding only the export's newest version; the same files arrive again as the next one.
+    source = os.path.join(base, str(list_versions(base)[-1]))
+    served = os.path.join(root, "sweep", name)
+    copy_version(source, os.path.join(served, "1"))
+    shutil.copyfile(os.path.join(base, "batching_parameters.txt"), os.path.join(served, "batching_parameters.txt"))
+    with start_server_process(*_server_flags(served, name, batching=True)) as server:
+        control = GrpcClient(server.grpc)
+
+        def status():
+            try:
+                return dict(control.status(name))
+            except ServingClientError:
+                return {}
+
+        clients, per_client = FLAGS.sweep_clients, FLAGS.sweep_requests
+        drop = VersionDrop(source, os.path.join(served, "2"), 2, status, start_at=per_client // 20,
+                           served_from=per_client * 4 // 5)
+        embed_dim = control.signatures(name)["score_tags"]["inputs"]["tag_vectors"]["tensor_shape"]["dim"][1]["size"]
+        requests = drop.requests(mixed_requests(images, int(embed_dim)))
+        result = run_load(lambda: GrpcClient(server.grpc), name, requests, clients, per_client, FLAGS.time_limit)
+        drop.join()
+        final = status()
+        control.close()
+    bad = sum(1 for i in range(per_client) if i % 4 == 3) * clients
+    print("| clients x requests | good failed | bad refused | answered by v1 / v2 | requests/s | p50 ms | p99 ms | "
+          "status after |")
+    print("|---|---:|---:|---|---:|---:|---:|---|")
+    print(f"| {clients} x {per_client} | {result.failures} | {result.refused} of {bad} | "
+          f"{result.versions[1]} / {result.versions[2]} | {result.throughput:.1f} | {result.percentile(50):.1f} | "
+          f"{result.percentile(99):.1f} | {final} |")
+    for error in result.errors:
+        print(f"failure: {error}")
+    return result.failures + (bad - result.refused) + (0 if drop.served.is_set() else 1)
+
+
 def main(argv):
     del argv
-    from sdl_keras.serving.clients import GrpcClient
-    from sdl_keras.serving.load import run_load, start_server_process
-
     with tempfile.TemporaryDirectory() as root:
         if FLAGS.model_base_path:
-            base, described = FLAGS.model_base_path, FLAGS.model_base_path
+            base, described = os.path.abspath(FLAGS.model_base_path), FLAGS.model_base_path
         else:
             base, described = _fresh_export(root)
         name = FLAGS.model_name or os.path.basename(os.path.normpath(base))
         images, source = _images()
-        process, target, _ = start_server_process(base, "--model_name", name, "--grpc_workers", str(max(8, FLAGS.clients)))
-        try:
-            result = run_load(lambda: GrpcClient(target), name, images, FLAGS.clients, FLAGS.requests, FLAGS.time_limit)
-        finally:
-            process.terminate()
-            process.wait()
-    print(f"model: {described}")
-    print(f"images: {source}; server: sdl_keras.serving.server on {target}; {os.cpu_count()} CPUs")
-    print()
-    print("| clients | requests | failed | wall s | requests/s | p50 ms | p99 ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    print(
-        f"| {FLAGS.clients} | {result.requests} | {result.failures} | {result.wall_s:.1f} | "
-        f"{result.throughput:.1f} | {result.percentile(50):.1f} | {result.percentile(99):.1f} |"
-    )
-    for error in result.errors:
-        print(f"failure: {error}")
-    return 1 if result.failures or result.requests < FLAGS.clients * FLAGS.requests else 0
+        print(f"model: {described}")
+        print(f"images: {source}; server: python -m sdl_keras.serving.server on 127.0.0.1; {os.cpu_count()} CPUs")
+        failed = 0
+        if FLAGS.runs in ("all", "batching"):
+            print()
+            failed += _batching_table(base, name, images)
+        if FLAGS.runs in ("all", "sweep"):
+            print()
+            failed += _sweep(base, name, images, root)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -5,15 +5,20 @@ Command modules define their flags in `define_flags()`, called by `run()`, so im
 several command modules in one process defines nothing twice.
 """
 
+import errno
 import logging
 import os
 import sys
 
 from absl import app, flags
 
-# Errors that mean bad input (a missing file, an unknown tag, a bad value): the message is
-# what the user needs, the traceback is not. SDL_KERAS_TRACEBACK=1 shows it anyway.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+# Errors that mean bad input (a missing file, an unknown tag, a bad value) or a resource
+# another process holds (an index's writer lock): the message is what the user needs, the
+# traceback is not. SDL_KERAS_TRACEBACK=1 shows it anyway.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+               TimeoutError)
+# OSErrors of a full disk or quota: the user frees space; the writers keep the previous files.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def setup_logging():
@@ -65,8 +70,8 @@ def _parse_known_flags(argv):
 def run(main, define_flags, pipeline_options=False):
     """The entry point of a command (`python -m` and console scripts alike): the caller's
     working directory under `bazel run`, flags, then `main(argv)`, whose return value is
-    the exit status; bad input ends with its message and exit status 1. With
-    `pipeline_options`, flags absl does not know reach main's argv (Beam's options)."""
+    the exit status; bad input (and a full disk) ends with its message and exit status 1.
+    With `pipeline_options`, flags absl does not know reach main's argv (Beam's options)."""
     # `bazel run` starts binaries in their runfiles; relative paths mean the caller's folder.
     if os.environ.get("BUILD_WORKING_DIRECTORY"):
         os.chdir(os.environ["BUILD_WORKING_DIRECTORY"])
@@ -76,8 +81,9 @@ def run(main, define_flags, pipeline_options=False):
         setup_logging()
         try:
             return main(argv)
-        except USER_ERRORS as error:
-            if os.environ.get("SDL_KERAS_TRACEBACK"):
+        except (*USER_ERRORS, OSError) as error:
+            if os.environ.get("SDL_KERAS_TRACEBACK") or not (
+                    isinstance(error, USER_ERRORS) or error.errno in DISK_FULL):
                 raise
             print(f"{program_name(main)}: error: {error_message(error)}", file=sys.stderr)
             return 1

@@ -43,7 +43,10 @@ def check_positives_bound(labels, max_positives, ids=None):
 class UnreadableImageCounter:
     """How many images pipelines dropped as unreadable. A pipeline adds a pass's count when
     the pass ends, so over an epoch that is one pass, the increase of `total` is that
-    epoch's count. Give each pipeline its own counter to tell them apart."""
+    epoch's count. Give each pipeline its own counter to tell them apart. `what` and
+    `detail()` say what was counted, for the log."""
+
+    what = "unreadable image(s)"
 
     def __init__(self, name="unreadable_images"):
         self.name = name
@@ -52,6 +55,10 @@ class UnreadableImageCounter:
     @property
     def total(self):
         return int(self.variable.numpy())
+
+    def detail(self):
+        """Where the dropped elements were and what to do about them ("" when nothing to add)."""
+        return ""
 
 
 def _decoded_batches(one_pass, num_images, decode, batch_size, drop_remainder, repeat, counter, strict,
@@ -131,6 +138,7 @@ def image_label_dataset(
     crop="none",
     strict=False,
     unreadable=None,
+    decode_mode="fast",
 ):
     """Batches of (uint8 images (B, S, S, 3), float32 labels (B, C)) from image files.
 
@@ -140,10 +148,11 @@ def image_label_dataset(
     those to TFRecords) are dropped and counted in `unreadable` (a new
     UnreadableImageCounter if None; also `dataset.unreadable_images`); `strict=True`
     first checks every file (`find_unreadable`) and raises UnreadableImageError naming
-    the first bad one. Under tf.distribute, pass the global batch size and let
+    the first bad one. Images are decoded by `pipelines.decode.decode_resize` with `crop`
+    and `decode_mode` (a run's DataConfig). Under tf.distribute, pass the global batch size and let
     `strategy.experimental_distribute_dataset` split it.
     """
-    check_crop(crop)
+    check_crop(crop, decode_mode)
     paths = [str(p) for p in paths]
     labels = np.asarray(labels, dtype=np.float32)
     if len(paths) != labels.shape[0]:
@@ -161,7 +170,7 @@ def image_label_dataset(
     dataset = _decoded_batches(
         dataset,
         len(paths),
-        lambda path, row: (decode_resize(tf.io.read_file(path), image_size, crop), row),
+        lambda path, row: (decode_resize(tf.io.read_file(path), image_size, crop, decode_mode), row),
         batch_size,
         drop_remainder,
         repeat,

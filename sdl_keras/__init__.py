@@ -6,7 +6,8 @@ backend-agnostic `keras.ops`; TensorFlow-specific code lives in `pipelines/`, tr
 distribution, export and serving.
 
 Importing `sdl_keras` registers every class a saved model may hold (layers,
-augmentation, backbones' layers, the baselines' heads, losses, metrics), so
+augmentation, backbones' layers, the baselines' heads, losses, metrics, the optimizer
+and its schedule), so
 `keras.saving.load_model` finds them in any process; `sdl_keras.saving.load_model` is
 what the commands use.
 """
@@ -16,4 +17,4 @@ __version__ = "0.2.0"
 import pipelines  # noqa: F401  sets TensorFlow's environment defaults before Keras imports it
 
 # Imported for their registrations (keras.saving.register_keras_serializable).
-from sdl_keras import layers, losses, metrics, methods, models  # noqa: E402,F401
+from sdl_keras import layers, losses, metrics, methods, models, optimizers  # noqa: E402,F401

@@ -1,13 +1,14 @@
-"""The paper's ablation (Table 3): train each configuration, evaluate it zero-shot, and
-write a Markdown table.
+"""The paper's ablation (Table 3): train each of its columns, evaluate it zero-shot, and
+write a Markdown table with the paper's NUS-WIDE mAP for each column beside this run's.
 
     python -m sdl_keras.ablations --flagfile=configs/ablations.flags
 
-Each ablation is a flagfile holding only its switches (configs/ablation_*.flags:
-num_rows, aggregation, diversity_weight, reg_weight); the data and the rest of the
+Each trainable column of Table 3 is a flagfile named after its label holding only its
+switches (configs/ablation_{impl,base,a,b,c,d,f,ours}.flags: num_rows, aggregation,
+diversity_weight, reg_weight; the first comment line describes the column); the data and the rest of the
 recipe come from `--base_flagfile` (the demo's by default), so the same files ablate
 any dataset. One of them trains alone with the training CLI:
-`python -m sdl_keras.train --flagfile=configs/demo.flags --flagfile=configs/ablation_fast0tag.flags`.
+`python -m sdl_keras.train --flagfile=configs/demo.flags --flagfile=configs/ablation_impl.flags`.
 Every run writes its hyperparameters to TensorBoard: `tensorboard --logdir ABLATIONS_DIR`
 compares them in the HParams dashboard (sdl_keras/experiments.py).
 """
@@ -23,7 +24,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     flags.DEFINE_string("base_flagfile", "configs/demo.flags", "Training flags shared by every ablation (the data).")
-    flags.DEFINE_list("ablations", ["configs/ablation_*.flags"], "Ablation flagfiles (globs allowed), in table order.")
+    flags.DEFINE_list("ablations", ["configs/ablation_*.flags"], "Ablation flagfiles (globs allowed), in table order "
+                      "(configs/ablations.flags lists Table 3's columns in the paper's order).")
     flags.DEFINE_string("ablations_dir", "runs/ablations", "One run directory per ablation goes here.")
     flags.DEFINE_list("overrides", [], "More training flags for every run: --overrides=--epochs=2,--jit_compile=false.")
     flags.DEFINE_string("table", None, "Markdown table output; default ABLATIONS_DIR/table.md.")

@@ -6,6 +6,13 @@ A `TrainConfig` is nested by concern (data, model, loss, optimizer, runtime,
 evaluation); each field carries its command-line help beside it. Field names are
 unique across the sections, so the command line stays flat (`--num_rows`, `--augment`,
 `--output_dir`, ...): `TrainConfig.from_flat`, `flat` and `replace` translate.
+
+The defaults are the official recipe where the paper's text and the official train.py
+agree or where only the code says (README, "The official recipe"): a bias-free
+MatrixHead initialised as torch's `Linear`, weight decay on kernels only, a one-cycle
+cosine schedule as torch's `OneCycleLR(pct_start=0.1)`, no EMA. The paper configs
+(configs/nus_wide.flags, coco.flags, open_images.flags) add the official augmentation
+and momentum cycling.
 """
 
 import dataclasses
@@ -20,9 +27,14 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 XLA_MODES = ("auto", "jit", "auto_clustering", "off")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 CROPS = ("none", "center")
+DECODE_MODES = ("fast", "pil_bilinear", "pil_bicubic")  # pipelines.decode.MODES
+COCO_TEST_FILES = ("instances", "restricted")  # pipelines.readers.coco.TEST_FILES
 AGGREGATIONS = ("max", "l2")
 NORMALIZATIONS = ("official", "paper")
 VERBOSITY = ("auto", "0", "1", "2")
+AUGMENTATIONS = ("official", "crop_flip_cutout")  # sdl_keras.layers.augmentation.RECIPES
+WEIGHT_DECAY_MODES = ("decoupled", "coupled")
+EMPTY_TAGS = ("zero", "skip")  # how mAP counts a tag without a positive (sdl_keras.evaluation)
 
 
 def _field(default, help, choices=None):
@@ -45,19 +57,47 @@ class DataConfig:
         "(its train-*.tfrecord shards) or a glob of shards.")
     test_source: str = _field(
         "", "Test data (used by sdl_keras.evaluate): a manifest file or a dataset root folder; for tfrecord, "
-        "the records folder (its test-*.tfrecord shards) or a glob of shards.")
+        "the records folder (its test-*.tfrecord shards) or a glob of shards. The GZSL figures come from it, "
+        "and the ZSL ones too unless zsl_test_source is set.")
+    zsl_test_source: str = _field(
+        "", "Separate ZSL test data, as the official COCO code evaluates (val_unseen.json beside the GZSL "
+        "test_source val_17_48.json); empty = the ZSL figures come from test_source's images with an unseen "
+        "positive.")
+    test_image_ids: str = _field(
+        "", "A file of image ids, one per line: the test split(s) keep only these images (COCO: the paper's "
+        "6,608 test images, Bansal et al.'s list); an id the split lacks is an error.")
+    coco_test_files: str = _field(
+        "instances", "COCO test files: instances (instances_val2014.json; test images are those with a seen and an "
+        "unseen object) or restricted (COCO-format files already restricted to one test set, as the official "
+        "code reads them: every image they annotate is a test image).", COCO_TEST_FILES)
     strict: bool = _field(
-        False, "Stop with an error naming the first unreadable training image, instead of skipping and counting "
-        "unreadable images (the count is logged each epoch).")
+        False, "Stop with an error naming the first unreadable training image (or, for tfrecord, damaged shard), "
+        "instead of skipping and counting them (the count is logged each epoch).")
     tags: str = _field("", "Tag list file, one tag per line (seen and unseen).")
     word_vectors: str = _field("", "Vectors: .vec/.txt/.bin word vectors, .npy/.npz, or official pickles.")
+    word_vector_tags: str = _field(
+        "", "The tag list the rows of an .npy --word_vectors follow, when it is not --tags: rows are picked by "
+        "tag name (COCO: classes.txt, the 80 categories of the official wordvec_array, for the split's tags).")
     unseen_tags: str = _field("", "File listing the unseen (zero-shot) tags, one per line.")
     allow_pickle: bool = _field(False, "Allow reading pickled vector files (unpickling runs code: trusted files only).")
     image_size: int = _field(224, "Images are decoded and resized to this square size (the model's input).")
     crop: str = _field(
         "none", "How images are fitted to the square: none (resize the whole image, as the official code) or "
         "center (the central square). Training, evaluation, export and serving all decode this way.", CROPS)
+    decode_mode: str = _field(
+        "fast", "How images are decoded and resized (pipelines/decode.py), by training, evaluation, export and "
+        "serving alike: fast (libjpeg's fast DCT at reduced scale, bilinear), pil_bilinear (accurate DCT, "
+        "antialiased bilinear: PIL's Image.resize(BILINEAR), the official train.py's torchvision Resize) or "
+        "pil_bicubic (the same, bicubic: Image.resize's default, the official infer.py).", DECODE_MODES)
     batch_size: int = _field(192, "Global batch size (split over the replicas of a strategy).")
+
+    def test_split_options(self):
+        """What a test split is read with beyond its source (`pipelines.splits.split_batches`):
+        the image ids it keeps and the reader's own options."""
+        options = {"image_ids": self.test_image_ids or None}
+        if self.dataset == "coco":
+            options["test_files"] = self.coco_test_files
+        return options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +110,16 @@ class ModelConfig:
     backbone_weights: Optional[str] = _field(None, "Backbone weights: a file, 'imagenet', or none.")
     num_rows: int = _field(7, "M, principal directions per image (1 = Fast0Tag).")
     dropout: float = _field(0.0, "Dropout rate on the pooled features.")
-    augment: bool = _field(False, "Training augmentation in the model: random resized crop, flip, Cutout.")
-    cutout_rate: float = _field(0.5, "Probability of Cutout per image (0.5 in the paper).")
+    augment: bool = _field(False, "Augment the training images, in the model, as --augmentation says.")
+    augmentation: str = _field(
+        "official", "How --augment augments: official (the official train.py: Cutout on every image, half the "
+        "height and width, a random fill colour, then RandAugment; no crop or flip) or crop_flip_cutout (random "
+        "resized crop, horizontal flip, Cutout with probability 0.5: the paper's text).", AUGMENTATIONS)
+    cutout_rate: Optional[float] = _field(
+        None, "Probability of Cutout per image; none = the recipe's: 1 for official, 0.5 for crop_flip_cutout.")
+    head_bias: bool = _field(
+        False, "Give the MatrixHead a bias; the official head is a bias-free torch Linear (and this one is "
+        "initialised as it: U(-1/sqrt(F), 1/sqrt(F)) for F features).")
     conse_top_t: int = _field(10, "CONSE: T, the top seen tags whose vectors embed an image (10 in the paper).")
     semantic_softmax_l2: float = _field(
         0.1, "Semantic Softmax: weight of the L2 constraint between features and prototypes.")
@@ -101,11 +149,24 @@ class OptimizerConfig:
     steps_per_epoch: Optional[int] = _field(
         None, "Steps per epoch; none = the training images / batch_size (tfrecord: the records counted at "
         "conversion).")
-    learning_rate: float = _field(1e-4, "Maximum learning rate of the one-cycle cosine schedule.")
-    weight_decay: float = _field(3e-4, "AdamW's decoupled weight decay (not on biases and BatchNorm).")
-    warmup_fraction: float = _field(0.2, "Fraction of the steps warming the learning rate up to its maximum.")
+    learning_rate: float = _field(
+        1e-4, "Maximum learning rate of the one-cycle cosine schedule (torch's OneCycleLR max_lr: from lr/25 "
+        "up, then down to lr/25/1e4).")
+    weight_decay: float = _field(
+        3e-4, "Weight decay on kernels only, not on biases or normalization parameters (the official "
+        "add_weight_decay).")
+    weight_decay_mode: str = _field(
+        "decoupled", "decoupled (AdamW's 'true weight decay', the paper's text) or coupled (an L2 term in Adam's "
+        "gradient, what the official torch.optim.Adam(add_weight_decay(...)) computes).", WEIGHT_DECAY_MODES)
+    warmup_fraction: float = _field(
+        0.1, "Fraction of the steps of the cosine warm-up to the maximum learning rate (OneCycleLR's pct_start; "
+        "0.1 in the official train.py).")
+    cycle_momentum: bool = _field(
+        False, "Cycle Adam's beta_1 inversely to the learning rate, 0.95 -> 0.85 -> 0.95 (OneCycleLR's "
+        "cycle_momentum, on by default in torch and so in the official train.py).")
     ema_momentum: Optional[float] = _field(
-        None, "Keep an EMA of the weights with this momentum (e.g. 0.9997); evaluated and saved.")
+        None, "Keep an EMA of the weights with this momentum (e.g. 0.9997); evaluated and saved. The official "
+        "code leaves its EMA off ('not used in the paper').")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +204,9 @@ class EvaluationConfig:
     eval_every: int = _field(1, "Run the zero-shot evaluation every N epochs (0 = never).")
     dashboard_images: int = _field(8, "Validation images shown with their top tags in TensorBoard.")
     ks: tuple = _field((3, 5), "K values of P/R/F1@K.")
+    empty_tags: str = _field(
+        "zero", "How mAP counts a test tag without a positive image: zero (AP 0, averaged over every evaluated "
+        "tag, as the official evaluation) or skip (left out of the mean). Recorded in results.json.", EMPTY_TAGS)
 
 
 SECTIONS = {
@@ -189,6 +253,9 @@ class TrainConfig:
             raise ValueError(f"ema_momentum must be in (0, 1) or None, got {self.optimizer.ema_momentum}.")
         if self.runtime.backup_steps is not None and self.runtime.backup_steps < 1:
             raise ValueError(f"backup_steps must be >= 1 or None, got {self.runtime.backup_steps}.")
+        if self.data.coco_test_files != "instances" and self.data.dataset != "coco":
+            raise ValueError(f"coco_test_files={self.data.coco_test_files!r} is for dataset coco, not "
+                             f"{self.data.dataset!r}.")
         if self.data.image_size < 1 or self.data.batch_size < 1:
             raise ValueError(f"image_size and batch_size must be >= 1, got {self.data.image_size}, "
                              f"{self.data.batch_size}.")
@@ -245,6 +312,8 @@ class TrainConfig:
                 flat.update(fields)
         else:
             flat = dict(values)
+        if "augment" in flat and "augmentation" not in flat:  # runs from before the recipes: crop, flip, Cutout
+            flat["augmentation"] = "crop_flip_cutout"
         try:
             return cls.from_flat(**flat)
         except KeyError as error:

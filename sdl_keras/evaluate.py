@@ -17,8 +17,13 @@ def define_flags():
                         "the run's.")
     flags.DEFINE_string("test_source", None, "Test data (tfrecord: the records folder, its test shards); default: "
                         "the run's test_source.")
+    flags.DEFINE_string("zsl_test_source", None, "Separate ZSL test data (the official COCO val_unseen.json); "
+                        "default: the run's zsl_test_source, else the ZSL figures come from the test source.")
     flags.DEFINE_list("eval_ks", None, "K values of P/R/F1@K; default: the run's.")
     flags.DEFINE_integer("eval_batch_size", 64, "Images per inference batch.")
+    flags.DEFINE_enum("empty_tags", None, ["zero", "skip"], "How mAP counts a tag without a positive test image: "
+                      "zero (AP 0, the official evaluation) or skip (left out); default: the run's "
+                      "(evaluation.empty_tags). Written to the results' settings.")
     flags.DEFINE_string("results", None, "JSON output; default: RUN_DIR/results.json.")
     flags.mark_flag_as_required("run_dir")
 
@@ -30,7 +35,8 @@ def main(argv):
 
     ks = [int(k) for k in FLAGS.eval_ks] if FLAGS.eval_ks else None
     results = inference.evaluate_run(FLAGS.run_dir, FLAGS.dataset, FLAGS.test_source, ks,
-                                     batch_size=FLAGS.eval_batch_size)
+                                     batch_size=FLAGS.eval_batch_size, empty_tags=FLAGS.empty_tags,
+                                     zsl_source=FLAGS.zsl_test_source)
     ks = sorted({int(key.split("@")[1]) for key in results["model"] if "@" in key})
     print()
     print(evaluation.format_table({"SDL (this run)": results["model"], "random scores": results["random"]}, ks))

@@ -1,7 +1,10 @@
 """Zero-shot (ZSL) and generalized (GZSL) evaluation, as the official evaluation computes it.
 
 - mAP (tag-based retrieval): per tag, the average precision of ranking the test images
-  by that tag's score; the mean over tags that have at least one positive.
+  by that tag's score; the mean over every evaluated tag, where a tag without a positive
+  image counts as AP 0 (`empty_tags="zero"`, the official `mAP`, which divides each tag's
+  precision sum by its positives + eps). `empty_tags="skip"` leaves such tags out of the
+  mean instead: a documented option, never the default.
 - P/R/F1@K (image tagging): the top-K tags of each image; micro precision
   TP / (images x K), recall TP / all positives, F1 their harmonic mean.
 - ZSL: only the unseen tags, only images with at least one unseen positive.
@@ -20,6 +23,22 @@ import os
 import numpy as np
 from keras import ops
 
+from sdl_keras.config import EMPTY_TAGS  # how mAP counts a tag without a positive: "zero" or "skip"
+
+
+def check_empty_tags(empty_tags):
+    if empty_tags not in EMPTY_TAGS:
+        raise ValueError(f"empty_tags must be one of {EMPTY_TAGS}, got {empty_tags!r}.")
+    return empty_tags
+
+
+def mean_average_precision(ap, has_positive, empty_tags="zero"):
+    """The mean of per-tag APs (fractions): over every tag (an empty one counts 0), or over
+    the tags with a positive (`empty_tags="skip"`)."""
+    check_empty_tags(empty_tags)
+    if empty_tags == "skip":
+        return float(ap[has_positive].mean()) if has_positive.any() else 0.0
+    return float(np.mean(np.where(has_positive, ap, 0.0))) if ap.size else 0.0
 
 
 def average_precisions(scores, labels, images=None):
@@ -105,19 +124,20 @@ def precision_recall_f1(scores, labels, ks=(3, 5), images=None):
     return results
 
 
-def _evaluate_subset(scores, labels, ks):
+def _evaluate_subset(scores, labels, ks, empty_tags):
     images = (labels == 1).any(axis=1)
     results = {"num_images": int(images.sum())}
     if not images.any():
         results.update({"mAP": 0.0, **{f"{m}@{k}": 0.0 for k in ks for m in ("P", "R", "F1")}})
         return results
     ap, has_positive = average_precisions(scores, labels, images)
-    results["mAP"] = 100 * float(ap[has_positive].mean())
+    results["mAP"] = 100 * mean_average_precision(ap, has_positive, empty_tags)
+    results["num_empty_tags"] = int((~has_positive).sum())
     results.update({key: float(v) for key, v in precision_recall_f1(scores, labels, ks, images).items()})
     return results
 
 
-def evaluate_scores(scores, labels, unseen, ks=(3, 5)):
+def evaluate_scores(scores, labels, unseen, ks=(3, 5), empty_tags="zero"):
     """ZSL and GZSL tagging and retrieval figures, in percent.
 
     Args:
@@ -125,11 +145,15 @@ def evaluate_scores(scores, labels, unseen, ks=(3, 5)):
         labels: (N, C) labels in {1, 0, -1}.
         unseen: indices of the unseen tags (the ZSL columns); may be empty.
         ks: the K values of P/R/F1@K.
+        empty_tags: how mAP counts a tag without a positive image: "zero" (AP 0, the
+            official evaluation) or "skip" (left out of the mean).
 
     Returns:
-        dict with "zsl/mAP", "zsl/P@K", "zsl/R@K", "zsl/F1@K", "zsl/num_images" and the
-        same under "gzsl/".
+        dict with "zsl/mAP", "zsl/P@K", "zsl/R@K", "zsl/F1@K", "zsl/num_images",
+        "zsl/num_empty_tags" (evaluated tags without a positive) and the same under
+        "gzsl/".
     """
+    check_empty_tags(empty_tags)
     scores = np.asarray(scores, dtype=np.float32)
     labels = np.asarray(labels)
     if scores.shape != labels.shape or scores.ndim != 2:
@@ -139,9 +163,9 @@ def evaluate_scores(scores, labels, unseen, ks=(3, 5)):
         raise ValueError(f"unseen indices must lie in [0, {scores.shape[1]}), got {unseen.min()}..{unseen.max()}.")
     ks = tuple(int(k) for k in ks)
     results = {}
-    for name, value in _evaluate_subset(scores[:, unseen], labels[:, unseen], ks).items():
+    for name, value in _evaluate_subset(scores[:, unseen], labels[:, unseen], ks, empty_tags).items():
         results[f"zsl/{name}"] = value
-    for name, value in _evaluate_subset(scores, labels, ks).items():
+    for name, value in _evaluate_subset(scores, labels, ks, empty_tags).items():
         results[f"gzsl/{name}"] = value
     return results
 
@@ -155,8 +179,13 @@ def format_table(rows, ks=(3, 5)):
     """The paper's Table 1 layout: one line per (method, ZSL/GZSL) with P/R/F1 at each K and mAP.
 
     Args:
-        rows: mapping method name -> `evaluate_scores` result.
+        rows: mapping method name -> `evaluate_scores` result (a figure it lacks, such as
+            the mAP the paper does not report for COCO, prints as "-").
     """
+
+    def cell(result, key):
+        return f"{result[key]:.1f}" if key in result else "-"
+
     header = ["Method", "Task"]
     for k in ks:
         header += [f"P@{k}", f"R@{k}", f"F1@{k}"]
@@ -166,8 +195,8 @@ def format_table(rows, ks=(3, 5)):
         for task in ("zsl", "gzsl"):
             line = [method, task.upper()]
             for k in ks:
-                line += [f"{result[f'{task}/{m}@{k}']:.1f}" for m in ("P", "R", "F1")]
-            line.append(f"{result[f'{task}/mAP']:.1f}")
+                line += [cell(result, f"{task}/{m}@{k}") for m in ("P", "R", "F1")]
+            line.append(cell(result, f"{task}/mAP"))
             lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     rule = "-+-".join("-" * w for w in widths)

@@ -33,7 +33,7 @@ def main(argv):
         FLAGS.serving_base_path or None, FLAGS.num_versions, FLAGS.checkpoint, FLAGS.vocabulary,
     )
     print(f"Exported {FLAGS.checkpoint or FLAGS.run_dir} with {settings['tags']} tags ({settings['unseen']} unseen), "
-          f"{settings['aggregation']} aggregation, crop {settings['crop']}, to {path}")
+          f"{settings['aggregation']} aggregation, crop {settings['crop']}, decode {settings['decode_mode']}, to {path}")
 
 
 def run():

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from sdl_keras.evaluation import check_empty_tags
 from sdl_keras.losses import SDLLoss
 from sdl_keras.scoring import AGGREGATIONS, check_columns, tag_scores
 
@@ -41,6 +42,8 @@ class SDLMetrics(keras.metrics.Metric):
     in-bin ties. For exact mAP, use `evaluation.evaluate_scores` on collected
     scores (the evaluation callback does). The error is measured in
     tests/sdl_keras/test_metrics.py (typically under 0.5 points with 1000 bins).
+    As in `evaluate_scores`, mAP averages over every tag of a task, a tag without a
+    positive image counting 0 (the official evaluation), unless `empty_tags="skip"`.
     The states are sums, so replicas under tf.distribute merge exactly.
 
     Shape contract: y_true labels (B, C) in {1, 0, -1}; y_pred A (B, M, d);
@@ -59,6 +62,7 @@ class SDLMetrics(keras.metrics.Metric):
         aggregation: "max" or "l2" (see `sdl_keras.scoring`).
         num_bins: histogram bins per tag for mAP.
         score_scale: the temperature of the sigmoid that maps scores to bins.
+        empty_tags: "zero" (a tag without a positive counts AP 0) or "skip" (left out).
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class SDLMetrics(keras.metrics.Metric):
         aggregation="max",
         num_bins=1000,
         score_scale=1.0,
+        empty_tags="zero",
         name="sdl_metrics",
         **kwargs,
     ):
@@ -98,6 +103,7 @@ class SDLMetrics(keras.metrics.Metric):
         self.aggregation = aggregation
         self.num_bins = int(num_bins)
         self.score_scale = float(score_scale)
+        self.empty_tags = check_empty_tags(empty_tags)
         # Without unseen tags there is one task, reported without a prefix.
         self.tasks = {"gzsl/" if self.unseen else "": num_tags}
         if self.unseen:
@@ -178,6 +184,8 @@ class SDLMetrics(keras.metrics.Metric):
                 results[f"{task}R@{k}"] = 100.0 * recall
                 results[f"{task}F1@{k}"] = 100.0 * f1
             ap, valid = binned_average_precision(counts["positive_hist"], counts["negative_hist"])
+            if self.empty_tags == "zero":  # an empty tag's AP is 0 already; every tag counts
+                valid = ops.ones_like(ap)
             valid = ops.cast(valid, "float32")
             results[f"{task}mAP"] = 100.0 * ops.sum(ap * valid) / ops.maximum(ops.sum(valid), 1.0)
         return results
@@ -198,6 +206,7 @@ class SDLMetrics(keras.metrics.Metric):
             aggregation=self.aggregation,
             num_bins=self.num_bins,
             score_scale=self.score_scale,
+            empty_tags=self.empty_tags,
         )
         return config
 

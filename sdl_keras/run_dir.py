@@ -106,9 +106,9 @@ class RunDirectory:
         return model, vocabulary, config
 
     def decoding(self):
-        """How the run decodes images, as every reader of it must: {"image_size", "crop"}."""
+        """How the run decodes images, as every reader of it must: {"image_size", "crop", "decode_mode"}."""
         data = self.config().data
-        return {"image_size": data.image_size, "crop": data.crop}
+        return {"image_size": data.image_size, "crop": data.crop, "decode_mode": data.decode_mode}
 
     # -- writing -----------------------------------------------------------------------------
     def write_config(self, config):

@@ -51,3 +51,35 @@ def save_model(model, path):
     finally:
         for layer in synchronized:
             layer.synchronized = True
+
+
+def save_weights(model, path):
+    """`model.save_weights(path)` (a `.weights.h5` file), written to a temporary file and
+    renamed into place; a failed write (a full disk) raises its OSError and leaves the
+    previous file.
+
+    Keras leaves its HDF5 file open when a write fails; h5py then flushes it again when the
+    object is collected or the interpreter exits, and on a full disk that crashed the
+    process (a segmentation fault, exit status 139, after the error was reported). The
+    failed file is closed here instead, while the library still runs.
+    """
+    def write(temporary):
+        try:
+            model.save_weights(temporary)
+        except BaseException:
+            _close_hdf5_file(temporary)
+            raise
+
+    write_atomically(path, write)
+
+
+def _close_hdf5_file(path):
+    import h5py
+
+    path = os.path.abspath(path)
+    for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        if os.path.abspath(os.fsdecode(file_id.name)) == path:
+            try:
+                h5py.File(file_id).close()
+            except (OSError, RuntimeError):  # the flush fails again on a full disk; the file closes all the same
+                pass

@@ -6,14 +6,12 @@
     python -m sdl_keras.search add --index=photos_index --images=more_photos/ new.jpg
     python -m sdl_keras.search query --index=photos_index --tag="red circle" --tag=square --top_n=10
     python -m sdl_keras.search query --index=photos_index --tag=zebra --word_vectors=wiki.en.vec --method=scann
-    python -m sdl_keras.search build --index=milvus:photos.db#photos --model=saved_models/demo --images=photos/ \\
-        --runner=DirectRunner
+    python -m sdl_keras.search build --index=milvus:photos.db#photos --model=saved_models/demo --images=photos/
 
 Images come from files and folders (--images), a manifest or TFRecords; matrices from an
 export's `matrix` signature (--model) or a run's model (--run_dir); an unreadable image
-is skipped and listed (sdl_keras/retrieval/). Several --tag add their scores. --index is a
-directory or milvus:URI#COLLECTION (docs/retrieval.md); `build --runner=...` runs as an
-Apache Beam pipeline, with Beam's pipeline options (--name=value) passed through.
+is skipped and listed (sdl_keras/retrieval/). Several --tag add their scores. `build
+--runner=...` runs as an Apache Beam pipeline; Beam's options (--name=value) pass through.
 """
 
 import sys
@@ -29,7 +27,7 @@ COMMANDS = ("build", "add", "query")
 def define_flags():
     from sdl_keras.retrieval import DTYPES, METHODS, MilvusOptions
 
-    flags.DEFINE_string("index", None, "A directory, or milvus:URI#COLLECTION (a .db file or http://host:19530).",
+    flags.DEFINE_string("index", None, "A directory or milvus:URI#COLLECTION (a .db file, http://host:19530).",
                         required=True)
     # build / add
     flags.DEFINE_string("model", None, "An exported SavedModel (saved_models/NAME or one version of it).")
@@ -48,6 +46,8 @@ def define_flags():
     flags.DEFINE_string("milvus_index_type", MilvusOptions.index_type, "Milvus build: FLAT or IVF_FLAT (milvus-lite),"
                         " HNSW, IVF_PQ, DISKANN, GPU_CAGRA, ... (a server).")
     flags.DEFINE_string("milvus_index_params", "{}", 'Milvus build: the index\'s parameters, JSON ({"nlist": 1024}).')
+    flags.DEFINE_float("lock_timeout", 0, "Seconds to wait for another writer of the index (INDEX/.writer.lock, a "
+                       "collection's lease); 0 fails at once, -1 waits as long as it takes.")
     # query
     flags.DEFINE_multi_string("tag", [], "A query tag (repeatable: several tags add their scores).")
     flags.DEFINE_string("vector_file", None, "An .npy of query vectors, (d,) or (T, d), instead of tags.")
@@ -80,7 +80,8 @@ def main(argv):
         print(format_hits(query, index.search(query, FLAGS.top_n, **options), FLAGS.json))
         return 0
     images = (list(FLAGS.images) + extra, FLAGS.manifest, FLAGS.tfrecords)
-    options = dict(shard_size=FLAGS.shard_size, batch_size=FLAGS.batch_size)
+    options = dict(shard_size=FLAGS.shard_size, batch_size=FLAGS.batch_size,
+                   lock_timeout=None if FLAGS.lock_timeout < 0 else FLAGS.lock_timeout)
     if command == "add":
         index, added, skipped = encoding.add(FLAGS.index, *encoding.image_items(*images), FLAGS.model, FLAGS.run_dir,
                                              **options)

@@ -17,12 +17,22 @@ Which images each split keeps (labels are 1 for a class with an object in the im
   test:  at least one object of a seen class and at least one of an unseen class
          ("images containing both seen and unseen objects"), from val2014. The
          paper's 6,608 test images are Bansal et al.'s list, a subset of these;
-         pass its ids as `image_ids` to use exactly that list.
+         pass its ids as `image_ids` to use exactly that list (the CLI's
+         --test_image_ids: a file of ids, one per line).
+
+The official code instead reads COCO-format files already restricted to one test set,
+in the standard instances layout: `val_17_48.json` (GZSL: the split's images, the 65
+classes' objects) and `val_unseen.json` (ZSL: the unseen classes' objects). With
+`test_files="restricted"` the test split is every image such a file annotates (the
+official `CocoDetection` takes `imgToAnns`' images), labelled by its annotations;
+`sdl_keras.evaluate` takes GZSL from the one (--test_source) and ZSL from the other
+(--zsl_test_source), as the official `validate_multi` does.
 """
 
 import json
 import logging
 import os
+import re
 
 import numpy as np
 
@@ -32,6 +42,9 @@ from pipelines.readers.manifest import LabeledImages
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
+# How a test file's images are chosen: by the zero-shot rule (a full instances file), or
+# every annotated image (a file already restricted to the test set, as the official code's).
+TEST_FILES = ("instances", "restricted")
 
 
 def normalize_name(name):
@@ -69,11 +82,14 @@ def zero_shot_vocabulary(split_path, class_names=None):
     return tags, unseen
 
 
-def default_images_dir(annotations):
-    """ROOT/annotations/instances_train2014.json -> ROOT/train2014."""
+def default_images_dir(annotations, file_name=None):
+    """ROOT/annotations/instances_train2014.json -> ROOT/train2014; a file with another name
+    (the official val_17_48.json) -> the folder its images' COCO names give
+    ("COCO_val2014_000000000042.jpg" -> ROOT/val2014), else ROOT/<its name>."""
     stem = os.path.splitext(os.path.basename(annotations))[0]
     name = stem.split("_", 1)[1] if stem.startswith("instances_") else stem
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(annotations))), name)
+    match = None if stem.startswith("instances_") else re.fullmatch(r"COCO_([A-Za-z]+\d*)_\d+\.\w+", file_name or "")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(annotations))), match[1] if match else name)
 
 
 def _load_instances(path):
@@ -90,8 +106,8 @@ def _load_instances(path):
     return data
 
 
-def read_coco(annotations, split, tags, unseen_tags, images_dir=None, image_ids=None):
-    """One split of COCO with labels over `tags` (see the module docstring for the rule).
+def read_coco(annotations, split, tags, unseen_tags, images_dir=None, image_ids=None, test_files="instances"):
+    """One split of COCO with labels over `tags` (see the module docstring for the rules).
 
     Args:
         annotations: an instances_*.json file.
@@ -100,12 +116,17 @@ def read_coco(annotations, split, tags, unseen_tags, images_dir=None, image_ids=
         unseen_tags: the unseen classes; the seen ones are the other `tags`.
         images_dir: default: the folder named after the JSON file, beside annotations/.
         image_ids: if given, only these image ids are considered.
+        test_files: "instances" (test images by the zero-shot rule) or "restricted" (the
+            test split is every image the file annotates: val_17_48.json, val_unseen.json).
 
     Returns:
         (LabeledImages, ImageFileReport of the skipped images).
     """
     if split not in SPLITS:
         raise ValueError(f"COCO has splits {SPLITS}, not {split!r}.")
+    if test_files not in TEST_FILES:
+        raise ValueError(f"COCO test_files must be one of {TEST_FILES}, got {test_files!r}.")
+    every_annotated = split == "test" and test_files == "restricted"
     if not unseen_tags:
         raise ValueError(
             "COCO's splits are defined by the unseen classes (training keeps images without "
@@ -137,16 +158,22 @@ def read_coco(annotations, split, tags, unseen_tags, images_dir=None, image_ids=
                 f"{annotations}: annotation #{k} lacks an integer image_id or category_id: {entry}"
             ) from None
     wanted = None if image_ids is None else {int(i) for i in image_ids}
-    folder = images_dir or default_images_dir(annotations)
+    first = data["images"][0]["file_name"] if data["images"] else None
+    folder = images_dir or default_images_dir(annotations, first)
     paths, ids, rows = [], [], []
     for entry in sorted(data["images"], key=lambda e: int(e["id"])):
         image_id = int(entry["id"])
         if wanted is not None and image_id not in wanted:
             continue
+        if every_annotated:
+            if image_id not in present:
+                continue
+        else:
+            classes = present.get(image_id, set())
+            has_seen, has_unseen = bool(classes & seen_ids), bool(classes & unseen_ids)
+            if not has_seen or has_unseen != (split == "test"):
+                continue
         classes = present.get(image_id, set())
-        has_seen, has_unseen = bool(classes & seen_ids), bool(classes & unseen_ids)
-        if not has_seen or has_unseen != (split == "test"):
-            continue
         row = np.zeros(len(tags), dtype=np.float32)
         row[[column[c] for c in classes if c in column]] = 1.0
         paths.append(os.path.join(folder, entry["file_name"]))
@@ -158,8 +185,9 @@ def read_coco(annotations, split, tags, unseen_tags, images_dir=None, image_ids=
     return LabeledImages([paths[i] for i in keep], [ids[i] for i in keep], labels[keep]), report
 
 
-def read_split(source, split, tags, unseen_tags=()):
-    """The `pipelines.readers` reader: `source` is the split's instances JSON."""
-    images, report = read_coco(source, split, tags, list(unseen_tags))
+def read_split(source, split, tags, unseen_tags=(), test_files="instances"):
+    """The `pipelines.readers` reader: `source` is the split's instances JSON (or, with
+    `test_files="restricted"`, an official test file such as val_17_48.json)."""
+    images, report = read_coco(source, split, tags, list(unseen_tags), test_files=test_files)
     (logger.warning if report.skipped else logger.info)("%s", report.summary(f"COCO {split}"))
     return images

@@ -11,6 +11,11 @@ Relative image paths are relative to the manifest's folder.
 Labels over a vocabulary of C tags: 1 for a listed tag, 0 otherwise. A record that
 has a "negative_tags" field is partially annotated: its listed negatives are 0 and
 every other tag is unknown (-1).
+
+Every problem is an error naming the file and line: text that is not UTF-8, a malformed
+record, a tag outside the vocabulary (or, with on_unknown="skip", a warning), and an image
+id on more than one line (ids name images in the retrieval index and the tagging output,
+so they must be unique).
 """
 
 import csv
@@ -20,6 +25,8 @@ import logging
 import os
 
 import numpy as np
+
+from pipelines.text import lines_listing, repeated_lines, text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -46,30 +53,28 @@ def _read_records(path):
     """(line number, record dict) pairs from a .jsonl or .csv manifest."""
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg}).") from None
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}.")
-                yield line_no, record
+        for line_no, line in text_lines(path):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg}).") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}.")
+            yield line_no, record
     elif suffix == ".csv":
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            missing = {"image", "tags"} - set(reader.fieldnames or ())
-            if missing:
-                raise ValueError(f"{path}: the CSV header lacks column(s) {sorted(missing)}.")
-            for line_no, row in enumerate(reader, start=2):
-                record = {"image": row["image"], "tags": _split_tags(row["tags"])}
-                if row.get("id"):
-                    record["id"] = row["id"]
-                if row.get("negative_tags") is not None and "negative_tags" in reader.fieldnames:
-                    record["negative_tags"] = _split_tags(row["negative_tags"])
-                yield line_no, record
+        reader = csv.DictReader(line for _, line in text_lines(path))
+        missing = {"image", "tags"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: the CSV header lacks column(s) {sorted(missing)}.")
+        for row in reader:
+            record = {"image": row["image"], "tags": _split_tags(row["tags"])}
+            if row.get("id"):
+                record["id"] = row["id"]
+            if row.get("negative_tags") is not None and "negative_tags" in reader.fieldnames:
+                record["negative_tags"] = _split_tags(row["negative_tags"])
+            yield reader.line_num, record
     else:
         raise ValueError(f"{path}: a manifest must be .jsonl or .csv, got {suffix!r}.")
 
@@ -92,7 +97,7 @@ def read_manifest(path, tags, on_unknown="error"):
         raise FileNotFoundError(f"Manifest not found: {path}")
     index = {t: i for i, t in enumerate(tags)}
     base = os.path.dirname(os.path.abspath(path))
-    paths, ids, rows, unknown = [], [], [], {}
+    paths, ids, rows, unknown, id_lines = [], [], [], {}, []
     for line_no, record in _read_records(path):
         if "image" not in record or "tags" not in record:
             raise ValueError(f"{path}:{line_no}: a record needs 'image' and 'tags' keys, got {sorted(record)}.")
@@ -112,14 +117,16 @@ def read_manifest(path, tags, on_unknown="error"):
                 unknown.setdefault(tag, []).append(line_no)
         paths.append(image if os.path.isabs(image) else os.path.join(base, image))
         ids.append(str(record.get("id", image)))
+        id_lines.append((line_no, ids[-1]))
         rows.append(row)
-    if unknown:
-        listing = "; ".join(
-            f"{tag!r} (line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines[:5]))}"
-            f"{', ...' if len(lines) > 5 else ''})"
-            for tag, lines in sorted(unknown.items())
+    repeated = repeated_lines(id_lines)
+    if repeated:
+        raise ValueError(
+            f"{path}: {len(repeated)} image id(s) on more than one line: {lines_listing(repeated)}. Ids must be unique: "
+            "give each record its own \"id\"."
         )
-        message = f"{path}: {len(unknown)} tag name(s) not in the vocabulary: {listing}"
+    if unknown:
+        message = f"{path}: {len(unknown)} tag name(s) not in the vocabulary: {lines_listing(unknown)}"
         if on_unknown == "error":
             raise KeyError(message)
         logger.warning("%s. They were left out.", message)

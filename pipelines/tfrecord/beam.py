@@ -27,7 +27,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.beam import run_pipeline
+from pipelines.beam import new_pipeline, run_pipeline
 from pipelines.decode import UnreadableImageError
 from pipelines.tfrecord.shards import (
     DEFAULT_IMAGES_PER_SHARD,
@@ -113,7 +113,7 @@ def convert(images, output_dir, split, pipeline_args, num_shards=None, images_pe
                 for k in todo for i in range(plan.bounds[k], plan.bounds[k + 1])]
     counted = 0
     if elements:
-        pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
+        pipeline = new_pipeline(PipelineOptions(list(pipeline_args)))
         prepared = (pipeline | "Images" >> beam.Create(elements)
                     | "Prepare" >> beam.ParDo(PrepareImage(max_side, strict)).with_outputs(UNREADABLE, main="records"))
         ({"records": prepared.records, UNREADABLE: prepared[UNREADABLE]} | "ByShard" >> beam.CoGroupByKey()

@@ -13,7 +13,7 @@ import numpy as np
 
 from pipelines.decode import UnreadableImageError
 from pipelines.readers import dataset_vocabulary, load_split, open_images
-from pipelines.text import read_lines
+from pipelines.text import read_lines, read_unique_lines
 from pipelines.tfrecord.format import make_example, tags_sha1
 from pipelines.tfrecord.shards import (  # noqa: F401  (prepare_image, ConversionSummary: this module's API too)
     DEFAULT_IMAGES_PER_SHARD,
@@ -127,7 +127,7 @@ def split_vocabulary(dataset, source, tags_file="", unseen_tags_file="", zero_sh
     """(tags, unseen_tags) a conversion labels with: the files given, else the dataset's own
     zero-shot vocabulary (pipelines.readers.dataset_vocabulary); unseen tags must be tags."""
     if tags_file:
-        tags = read_lines(tags_file)
+        tags = read_unique_lines(tags_file)
         unseen = read_lines(unseen_tags_file) if unseen_tags_file else []
     else:
         tags, unseen = dataset_vocabulary(dataset, source, zero_shot_split, classes_dir, allow_pickle)

@@ -14,8 +14,17 @@ training without a dense label matrix in memory and without a scan of its record
 The training batches keep only the seen tags' label columns; the unseen columns are
 checked for positives on the way (a leak of the zero-shot tags is an error, as
 `training.seen_labels` makes it for label matrices), and so is the positives bound.
+
+Damaged shards: a corrupted or truncated record (a checksum that does not match) ends its
+shard's pass, as TFRecordDataset cannot read past it; each shard's records are counted
+against the number its conversion wrote. Training by default skips what a shard lost and
+counts it per pass in an `UnreadableRecordCounter` (logged each epoch with the shards'
+names), as unreadable images are counted; with `--strict`, and always for evaluation, the
+first damaged shard is an `UnreadableShardError` naming it. A damaged shard is rewritten by
+deleting it and rerunning its pipelines.to_tfrecord command, which resumes.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,7 +34,7 @@ from typing import Optional
 import tensorflow as tf
 
 from pipelines.decode import check_crop, decode_resize
-from pipelines.files import distribute
+from pipelines.files import UnreadableImageCounter, distribute
 from pipelines.readers import TFRECORD
 from pipelines.tfrecord.format import (
     columns_sha1,
@@ -59,6 +68,9 @@ class RecordSet:
     max_seen_positives: Optional[int]
     unseen_positive_images: Optional[int]
     unseen_sha1: Optional[str]
+    # Records the conversion wrote in each of `files`, and its settings (SPLIT-conversion.json).
+    file_counts: list = dataclasses.field(default_factory=list)
+    settings: dict = dataclasses.field(default_factory=dict)
 
     def path(self, kind):
         """The conversion's file SPLIT-KIND (conversion.json, progress.jsonl)."""
@@ -155,6 +167,8 @@ def open_record_set(source, split):
         max_seen_positives=stats.get("max_seen_positives"),
         unseen_positive_images=stats.get("unseen_positive_images"),
         unseen_sha1=stats.get("unseen_sha1"),
+        file_counts=[int(entry["written"]) for entry in entries],
+        settings=settings,
     )
     if not records.num_examples:
         raise ValueError(f"{source}: the {split} shards hold no records ({progress_path}).")
@@ -221,6 +235,115 @@ def positives_bound(records, unseen_columns):
     return None, False, f"{records.path('progress.jsonl')} records no positives statistics (an older conversion)"
 
 
+# Starts the message of the error a damaged shard raises in a pipeline (`raising_unreadable_shards`).
+UNREADABLE_SHARD = "Unreadable TFRecord shard"
+
+
+class UnreadableShardError(ValueError):
+    """A TFRecord shard with a record that cannot be read; the message names the shard and
+    says how to write it again."""
+
+
+def regenerate_hint(records, shards="the shard"):
+    """How to write a conversion's damaged shards again: pipelines.to_tfrecord resumes,
+    rewriting only the shards missing from the folder."""
+    settings = records.settings
+    flags = " ".join(f"--{key}={settings[key]}" for key in ("dataset", "source") if settings.get(key))
+    return (f"delete {shards} and rerun the pipelines.to_tfrecord command that wrote it (python -m pipelines.to_tfrecord "
+            f"{flags + ' ' if flags else ''}--split={records.split} --output_dir={records.folder} ...): it resumes, "
+            "writing only the missing shards")
+
+
+class UnreadableRecordCounter(UnreadableImageCounter):
+    """Per shard of a RecordSet, the records a training pipeline could not read, added once
+    per pass over the shard: a corrupted or truncated record ends its shard's pass, so the
+    records after it are lost as well."""
+
+    what = "unreadable TFRecord record(s)"
+
+    def __init__(self, records, name="unreadable_records"):
+        self.name = name
+        self.records = records
+        # Per shard: the records lost over every pass, and in its last pass.
+        self.variable = tf.Variable(tf.zeros([len(records.files)], tf.int64), trainable=False, name=name)
+        self.last_pass = tf.Variable(tf.zeros([len(records.files)], tf.int64), trainable=False, name=f"{name}_last")
+
+    @property
+    def total(self):
+        return int(self.variable.numpy().sum())
+
+    def add(self, index, lost):
+        """The graph ops adding a pass of shard `index` that lost `lost` records."""
+        return [self.variable.scatter_nd_add([[index]], [lost]), self.last_pass.scatter_nd_update([[index]], [lost])]
+
+    def detail(self):
+        """Which shards lose records, and what to do about it."""
+        lost = self.last_pass.numpy()
+        shards = [f"{os.path.basename(path)} ({int(n)} of its {count} records a pass)"
+                  for path, count, n in zip(self.records.files, self.records.file_counts, lost) if n]
+        if not shards:
+            return ""
+        return f"{', '.join(shards)} in {self.records.folder}: " + regenerate_hint(
+            self.records, "the shard" if len(shards) == 1 else "these shards")
+
+
+@contextlib.contextmanager
+def raising_unreadable_shards():
+    """Turns the error a damaged shard raises inside a pipeline (a TensorFlow
+    InvalidArgumentError somewhere in a traceback) into an UnreadableShardError saying what
+    to do."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        found = re.search(re.escape(UNREADABLE_SHARD) + r" ([^\]\n]*)", error.message)
+        if found is None:
+            raise
+        raise UnreadableShardError(found.group(1).strip()) from None
+
+
+# Shards are counted in blocks of this many records: a tf.data function call per record cost
+# ~40 us of CPU (measured; a decode costs ~600 us), per block of 64 the cost was within the
+# noise of reading and parsing alone (benchmarks/input_pipeline.py measures the whole pipeline).
+_COUNTED_BLOCK = 64
+
+
+def _checked_shards(records, unreadable):
+    """A function (path, shard index) -> the records of one shard, counted against
+    `records.file_counts`: at the shard's end, what it lacks is added to `unreadable` (an
+    UnreadableRecordCounter) or, when that is None, raises naming the shard."""
+    expected = tf.constant(records.file_counts, tf.int64)
+    prefixes = tf.constant([f"{UNREADABLE_SHARD} {path}: record " for path in records.files])
+    suffix = (" cannot be read (corrupted or truncated; the conversion wrote {count} records): "
+              + regenerate_hint(records) + ".")
+    suffixes = tf.constant([suffix.format(count=count) for count in records.file_counts])
+
+    def read(path, index):
+        def check(block, end, count):
+            def at_end():
+                lost = tf.maximum(expected[index] - count, 0)
+                if unreadable is not None:
+                    done = unreadable.add(index, lost)
+                else:
+                    message = tf.strings.join([prefixes[index], tf.strings.as_string(count + 1), suffixes[index]])
+                    done = [tf.debugging.Assert(tf.equal(lost, 0), [message])]
+                with tf.control_dependencies(done):
+                    return tf.constant(False)
+
+            return tf.cond(end, at_end, lambda: tf.constant(True))
+
+        # ignore_errors: a damaged record ends the shard (TFRecordDataset moves on to its next file).
+        blocks = tf.data.TFRecordDataset(path, buffer_size=1 << 22).ignore_errors().batch(_COUNTED_BLOCK)
+        flagged = tf.data.Dataset.zip((blocks, tf.data.Dataset.from_tensors(False).repeat()))
+        flagged = flagged.concatenate(tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), True)))
+        # (block, end, records before it): the end block's count is the shard's.
+        counted = flagged.scan(
+            tf.constant(0, tf.int64), lambda count, element: (count + tf.size(element[0], tf.int64), (*element, count))
+        )
+        return counted.filter(check).map(lambda block, end, count: block).unbatch()
+
+    return read
+
+
 def tfrecord_dataset(
     file_pattern,
     num_classes,
@@ -234,9 +357,12 @@ def tfrecord_dataset(
     crop="none",
     shuffle_buffer=8192,
     input_context=None,
+    decode_mode="fast",
+    unreadable=None,
 ):
     """Batches of (uint8 images (B, S, S, 3), float32 labels (B, C) with -1 unknowns) from
-    TFRecord shards (pipelines.tfrecord; `file_pattern` a glob or a list of files).
+    TFRecord shards (pipelines.tfrecord; `file_pattern` a glob, a list of files, or a
+    RecordSet, whose shards are checked).
 
     Shards are read `interleave`d in parallel; with `shuffle`, the shard order is
     shuffled each pass and records go through a `shuffle_buffer`. Records are parsed
@@ -248,11 +374,15 @@ def tfrecord_dataset(
     the per-replica batch size and the `input_context`, which splits the shards
     between input pipelines (see `distribute`).
     """
-    check_crop(crop)
-    files = sorted(tf.io.gfile.glob(file_pattern)) if isinstance(file_pattern, str) else list(file_pattern)
+    check_crop(crop, decode_mode)
+    if isinstance(file_pattern, RecordSet):
+        files, read = list(file_pattern.files), _checked_shards(file_pattern, unreadable)
+    else:
+        files = sorted(tf.io.gfile.glob(file_pattern)) if isinstance(file_pattern, str) else list(file_pattern)
+        read = lambda path, _: tf.data.TFRecordDataset(path, buffer_size=1 << 22)  # noqa: E731
     if not files:
         raise FileNotFoundError(f"No TFRecord files match {file_pattern!r}.")
-    dataset = tf.data.Dataset.from_tensor_slices(files)
+    dataset = tf.data.Dataset.from_tensor_slices((files, tf.range(len(files), dtype=tf.int64)))
     if input_context is not None and input_context.num_input_pipelines > 1:
         if len(files) < input_context.num_input_pipelines:
             raise ValueError(
@@ -263,7 +393,7 @@ def tfrecord_dataset(
     if shuffle:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.interleave(
-        lambda path: tf.data.TFRecordDataset(path, buffer_size=1 << 22),
+        read,
         cycle_length=min(len(files), 16),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic is not False,
@@ -275,7 +405,7 @@ def tfrecord_dataset(
 
     def decode(serialized):
         image, labels, _ = parse_example(serialized, num_classes)
-        return decode_resize(image, image_size, crop), labels
+        return decode_resize(image, image_size, crop, decode_mode), labels
 
     dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
@@ -292,13 +422,17 @@ def training_dataset(
     seed=None,
     strategy=None,
     crop="none",
+    decode_mode="fast",
+    unreadable=None,
 ):
     """Repeated, shuffled batches of (uint8 images, float32 labels over the seen tags) from
     the records; under a strategy with several replicas (or workers), a distributed
     dataset with per-replica batches, each input pipeline reading its share of the shards.
 
     Each batch is checked: an unseen positive, or more than `max_positives` seen positives
-    in one image (the loss would drop the extra ones), stops training with an error.
+    in one image (the loss would drop the extra ones), stops training with an error. A
+    damaged shard is an error naming it, or, with an UnreadableRecordCounter as
+    `unreadable`, skipped and counted there (`tfrecord_dataset`).
     """
     seen = tf.constant(list(seen_columns), tf.int32)
     unseen = tf.constant(list(unseen_columns), tf.int32)
@@ -325,7 +459,7 @@ def training_dataset(
 
     def build(batch_size, input_context=None):
         dataset = tfrecord_dataset(
-            records.files,
+            records,
             records.num_classes,
             image_size,
             batch_size,
@@ -335,6 +469,8 @@ def training_dataset(
             drop_remainder=True,
             crop=crop,
             input_context=input_context,
+            decode_mode=decode_mode,
+            unreadable=unreadable,
         )
         return dataset.map(select, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -343,7 +479,7 @@ def training_dataset(
     return distribute(strategy, global_batch_size, build)
 
 
-def evaluation_batches(records, image_size, batch_size, crop="none"):
+def evaluation_batches(records, image_size, batch_size, crop="none", decode_mode="fast"):
     """One pass, in order, over the records: batches of (uint8 images, float32 labels over
-    every tag, -1 unknown)."""
-    return tfrecord_dataset(records.files, records.num_classes, image_size, batch_size, crop=crop)
+    every tag, -1 unknown); a damaged shard is an error naming it."""
+    return tfrecord_dataset(records, records.num_classes, image_size, batch_size, crop=crop, decode_mode=decode_mode)

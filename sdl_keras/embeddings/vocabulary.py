@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from pipelines.text import read_lines
+from pipelines.text import lines_listing, numbered_lines, read_unique_lines
 from sdl_keras.embeddings.formats import l2_normalize, load_tag_vectors
 
 
@@ -27,6 +27,9 @@ class TagVocabulary:
         object.__setattr__(self, "unseen", tuple(sorted(int(i) for i in set(self.unseen))))
         if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.tags):
             raise ValueError(f"{len(self.tags)} tags but vectors of shape {self.vectors.shape}.")
+        bad = np.flatnonzero(~np.isfinite(self.vectors).all(axis=1))
+        if bad.size:
+            raise ValueError(f"Non-finite vector values for {bad.size} tag(s): {[self.tags[i] for i in bad[:10]]}.")
         if len(set(self.tags)) != len(self.tags):
             dupes = sorted({t for t in self.tags if self.tags.count(t) > 1})
             raise ValueError(f"Duplicate tags in the vocabulary: {dupes}")
@@ -44,14 +47,26 @@ class TagVocabulary:
         return cls(tags, vectors, [index[t] for t in unseen_tags])
 
     @classmethod
-    def from_files(cls, tags_path, vectors_path, unseen_path=None, allow_pickle=False, on_missing="error"):
+    def from_files(cls, tags_path, vectors_path, unseen_path=None, allow_pickle=False, on_missing="error",
+                   vector_tags=None):
         """A vocabulary from a tag list file (one tag per line), a vector file (any
-        `load_tag_vectors` format) and an optional file of unseen tags."""
-        tags = read_lines(tags_path)
+        `load_tag_vectors` format) and an optional file of unseen tags. `vector_tags` is a
+        tag list file that the rows of an .npy vector file follow, when they do not follow
+        `tags_path` (COCO's classes.txt for the official 80-row vectors).
+
+        Errors name the file and line: a tag listed twice, an unseen tag not in the tag
+        list, and (from `load_tag_vectors`) a word whose vector is not finite."""
+        tags = read_unique_lines(tags_path)
+        unseen = list(numbered_lines(unseen_path)) if unseen_path else []
+        known = set(tags)
+        unknown = {tag: [line_no] for line_no, tag in unseen if tag not in known}
+        if unknown:
+            raise KeyError(f"{unseen_path}: {len(unknown)} unseen tag(s) not in {tags_path}: {lines_listing(unknown)}.")
         kept, vectors = load_tag_vectors(
-            vectors_path, tags, allow_pickle=allow_pickle, on_missing=on_missing
+            vectors_path, tags, allow_pickle=allow_pickle, on_missing=on_missing,
+            row_tags=read_unique_lines(vector_tags) if vector_tags else None,
         )
-        unseen = read_lines(unseen_path) if unseen_path else []
+        unseen = [tag for _, tag in unseen]
         dropped = set(tags) - set(kept)
         return cls.from_tag_lists(kept, vectors, [t for t in unseen if t not in dropped])
 
@@ -102,4 +117,7 @@ class TagVocabulary:
             for key in ("tags", "vectors", "unseen"):
                 if key not in data.files:
                     raise KeyError(f"{path} is not a TagVocabulary file: no {key!r} array.")
-            return cls([str(t) for t in data["tags"]], data["vectors"], data["unseen"].tolist())
+            try:
+                return cls([str(t) for t in data["tags"]], data["vectors"], data["unseen"].tolist())
+            except ValueError as error:
+                raise ValueError(f"{path}: {error}") from None

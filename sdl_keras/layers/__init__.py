@@ -6,8 +6,8 @@
 - `CaffePreprocessing`: keras.applications' "caffe" input scaling.
 """
 
-from sdl_keras.layers.augmentation import Augmentation, Cutout, RandomResizedCrop
+from sdl_keras.layers.augmentation import Augmentation, Cutout, RandomResizedCrop, recipe_augmentation
 from sdl_keras.layers.matrix_head import MatrixHead
 from sdl_keras.layers.preprocessing import CaffePreprocessing
 
-__all__ = ["Augmentation", "CaffePreprocessing", "Cutout", "MatrixHead", "RandomResizedCrop"]
+__all__ = ["Augmentation", "CaffePreprocessing", "Cutout", "MatrixHead", "RandomResizedCrop", "recipe_augmentation"]

@@ -5,8 +5,10 @@ unchanged.
 
 The paper trains with "standard ImageNet augmentations" and Cutout (DeVries & Taylor,
 its reference [12], which the text calls dropout) "with probability of 0.5"; the
-official code cuts out a rectangle of half the image's height and width, filled with a
-random colour. Written in keras.ops only, so the layers run on every Keras backend.
+official train.py applies `CutoutPIL(cutout_factor=0.5)` to every image (a rectangle of
+half the image's height and width, filled with a random colour), then RandAugment, and
+no crop or flip. `recipe_augmentation` builds either (RECIPES). Written in keras.ops
+only, so the layers run on every Keras backend.
 """
 
 import math
@@ -134,7 +136,8 @@ class Augmentation(keras.layers.Layer):
     """The training augmentation, one layer for the front of the model: random resized
     crop (`crop_scale`; None turns it off), horizontal flip, optional RandAugment
     (Keras' own, 2 ops; its geometric ops are not XLA-compilable, so a model holding
-    it trains without jit_compile), then Cutout. Images in `value_range` (the uint8
+    it trains without jit_compile), then Cutout (before RandAugment with
+    `cutout_first`, the official order). Images in `value_range` (the uint8
     range the pipelines deliver, before each backbone's own preprocessing).
 
     Unlike Keras' random layers, which also act when a model is called without a
@@ -153,6 +156,7 @@ class Augmentation(keras.layers.Layer):
         rand_augment=False,
         value_range=(0, 255),
         seed=None,
+        cutout_first=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -163,15 +167,15 @@ class Augmentation(keras.layers.Layer):
         self.rand_augment = rand_augment
         self.value_range = tuple(value_range)
         self.seed = seed
+        self.cutout_first = bool(cutout_first)
         self.stages = []
         if self.crop_scale is not None:
             self.stages.append(RandomResizedCrop(scale=self.crop_scale, seed=seed))
         if flip:
             self.stages.append(keras.layers.RandomFlip("horizontal", seed=seed))
-        if rand_augment:
-            self.stages.append(keras.layers.RandAugment(value_range=self.value_range, seed=seed))
-        if cutout_rate:
-            self.stages.append(Cutout(rate=cutout_rate, size=cutout_size, value_range=self.value_range, seed=seed))
+        colour = [keras.layers.RandAugment(value_range=self.value_range, seed=seed)] if rand_augment else []
+        cutout = [Cutout(rate=cutout_rate, size=cutout_size, value_range=self.value_range, seed=seed)] if cutout_rate else []
+        self.stages += cutout + colour if self.cutout_first else colour + cutout
 
     def build(self, input_shape):
         for stage in self.stages:
@@ -198,5 +202,25 @@ class Augmentation(keras.layers.Layer):
             rand_augment=self.rand_augment,
             value_range=list(self.value_range),
             seed=self.seed,
+            cutout_first=self.cutout_first,
         )
         return config
+
+
+# name -> (Augmentation arguments, the default Cutout probability).
+RECIPES = {
+    # The official train.py: Resize, CutoutPIL(0.5) on every image, RandAugment; no crop or flip.
+    "official": (dict(crop_scale=None, flip=False, rand_augment=True, cutout_first=True), 1.0),
+    # The paper's text: "standard ImageNet augmentations" and Cutout "with probability of 0.5".
+    "crop_flip_cutout": (dict(crop_scale=(0.5, 1.0), flip=True, rand_augment=False), 0.5),
+}
+
+
+def recipe_augmentation(recipe, cutout_rate=None, seed=None, name="augmentation"):
+    """The `Augmentation` of a named recipe (RECIPES); `cutout_rate` None is the recipe's own
+    (1 for official, 0.5 for crop_flip_cutout)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"Unknown augmentation {recipe!r}; expected one of {sorted(RECIPES)}.")
+    arguments, default_rate = RECIPES[recipe]
+    rate = default_rate if cutout_rate is None else cutout_rate
+    return Augmentation(cutout_rate=rate, cutout_size=0.5, seed=seed, name=name, **arguments)

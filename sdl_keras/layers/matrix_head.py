@@ -18,16 +18,19 @@ class MatrixHead(keras.layers.Layer):
     Args:
         num_rows: M, the number of principal directions.
         embed_dim: d, the word-vector dimension.
-        use_bias: whether the linear map has a bias.
-        kernel_initializer, bias_initializer, kernel_regularizer: as `keras.layers.Dense`.
+        use_bias: whether the linear map has a bias (the official head,
+            `Linear(F, M * d, bias=False)`, has none).
+        kernel_initializer: default: as torch's `Linear` (kaiming_uniform with
+            a = sqrt(5)), U(-1/sqrt(F), 1/sqrt(F)) for F features.
+        bias_initializer, kernel_regularizer: as `keras.layers.Dense`.
     """
 
     def __init__(
         self,
         num_rows,
         embed_dim,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
+        use_bias=False,
+        kernel_initializer=None,
         bias_initializer="zeros",
         kernel_regularizer=None,
         **kwargs,
@@ -41,7 +44,9 @@ class MatrixHead(keras.layers.Layer):
         self.num_rows = int(num_rows)
         self.embed_dim = int(embed_dim)
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # limit sqrt(3 * scale / fan_in) = 1 / sqrt(fan_in): torch's Linear default.
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"))
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 

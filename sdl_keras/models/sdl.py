@@ -14,6 +14,7 @@ def build_sdl_model(
     backbone_weights=None,
     augmentation=None,
     dropout=0.0,
+    head_bias=False,
     name="sdl",
 ):
     """Builds the Keras functional SDL model.
@@ -34,6 +35,7 @@ def build_sdl_model(
             PyTorch checkpoint (`.safetensors`, `.pth`) converted on the fly.
         augmentation: optional Keras layers applied first, active only in training.
         dropout: dropout rate on the pooled features.
+        head_bias: give the MatrixHead a bias (the official head has none).
     """
     features_model, preprocess = build_backbone(backbone, image_size, backbone_weights)
     images = keras.Input(shape=(image_size, image_size, 3), name="images")
@@ -44,6 +46,6 @@ def build_sdl_model(
     features = features_model(x)
     if dropout:
         features = keras.layers.Dropout(dropout, name="dropout")(features)
-    matrix = MatrixHead(num_rows, embed_dim, dtype="float32", name="matrix_head")(features)
+    matrix = MatrixHead(num_rows, embed_dim, use_bias=head_bias, dtype="float32", name="matrix_head")(features)
     return keras.Model(images, matrix, name=name)
 

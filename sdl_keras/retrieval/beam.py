@@ -12,43 +12,53 @@ through (--direct_num_workers, --direct_running_mode, --project, --temp_location
                         the single-process build uses)         undecodable -> "unreadable"
       -> a directory: keyed by shard, a hash of the id mod ceil(images / --shard_size)
            -> GroupByKey -> WriteShard (the shard's files, its ids in order, its ScaNN
-           searcher) -> one commit lists the shards in index.json
-         a Milvus collection: BatchElements -> WriteToMilvus (the entities of one add)
-           -> one commit makes the add visible, unless an id repeats
+           searcher) -> the shards' entries (a report)
+         a Milvus collection: BatchElements -> WriteToMilvus (the entities of one add),
+           and the ids that repeat (a report)
 
-The unreadable images are counted (Beam metric sdl_keras.search/unreadable_images) and
-written by the side output as JSON lines, which the command reports as the one-process
-build does. Which worker encodes which image is Beam's business; the index is the same:
-its shards hold the same ids (sorted within a shard) whatever the runner and workers, and
-the matrices are the encoder's.
+The launcher holds the index's writer lock (a directory's WriterLock, a collection's
+WriterLease) from creating the index until, the pipeline done, it lists the shards in
+index.json (`RetrievalIndex.attach`) or commits the add, unless an id repeats: no other
+writer removes the workers' unfinished shards or entities meanwhile, and a failed or killed
+build leaves nothing a reader sees. The unreadable images are counted (Beam metric
+sdl_keras.search/unreadable_images) and written by the side output as JSON lines, which the
+command reports as the one-process build does. Which worker encodes which image is Beam's
+business; the index is the same: its shards hold the same ids (sorted within a shard)
+whatever the runner and workers, and the matrices are the encoder's.
 
 The workers write the index: a directory must be on a file system they all reach (a
 distributed runner's workers: a shared mount), a milvus-lite file can only be opened by one
-process (DirectRunner's in_memory mode), a Milvus server takes every worker's inserts.
+process (DirectRunner's in_memory mode), a Milvus server takes every worker's inserts. The
+reports go under --temp_location where it is given (storage all workers and the launcher
+reach, as a distributed runner needs), else a local temporary folder.
 """
 
-import glob
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import shutil
 import tempfile
+import uuid
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions
 
-from pipelines.beam import run_pipeline
+from pipelines.beam import is_direct, new_pipeline, run_pipeline
 from sdl_keras.retrieval import encoding
 from sdl_keras.retrieval.backends import create_index, open_index, parse_location
-from sdl_keras.retrieval.index import RetrievalIndex, write_shard
+from sdl_keras.retrieval.index import write_shard
+from sdl_keras.retrieval.lock import WriterLock
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "sdl_keras.search"
 UNREADABLE = "unreadable"
+SHARDS = "shards"
+REPEATED = "repeated"
 
 
 class ReadImage(beam.DoFn):
@@ -129,46 +139,39 @@ def _shard_of(pair, shard_size, total):
     return int.from_bytes(digest, "little") % max(1, math.ceil(total / shard_size)), pair
 
 
-def _refuse_repeated(repeated):
-    if repeated:
-        raise ValueError(f"Image id(s) repeated in the input: {sorted(repeated)[:10]}")
+def _report(values, reports, name):
+    """A PCollection of JSON-serializable values -> JSON lines under `reports` (read back
+    by `_read_report` once the pipeline is done)."""
+    return (values | f"{name}AsJson" >> beam.Map(lambda value: json.dumps(value, ensure_ascii=False))
+            | f"{name}Report" >> beam.io.WriteToText(FileSystems.join(reports, name), ".jsonl"))
 
 
-def _commit_shards(entries, directory):
-    # attach() refuses repeated ids itself.
-    return RetrievalIndex.load(directory).attach(entries)
+def _read_report(reports, name):
+    values = []
+    for match in FileSystems.match([FileSystems.join(reports, name + "*")])[0].metadata_list:
+        with FileSystems.open(match.path) as f:
+            values += [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]
+    return values
 
 
-def _commit_milvus(counts, uri, collection, add_id, repeated):
-    from sdl_keras.retrieval.milvus import MilvusIndex
-
-    _refuse_repeated(repeated)
-    index = MilvusIndex.open(uri, collection, token=os.environ.get("MILVUS_TOKEN"))
-    index.commit(add_id)
-    index.close()
-    return sum(counts)
-
-
-def _write_shards(matrices, items, directory, dtype, scann, shard_size):
-    """(id, matrix) pairs -> shard folders -> one commit listing them in index.json."""
+def _write_shards(matrices, items, directory, dtype, scann, shard_size, reports):
+    """(id, matrix) pairs -> shard folders -> their entries, reported."""
     total = items | "CountImages" >> beam.combiners.Count.Globally()
-    (matrices
-     | "Shard" >> beam.Map(_shard_of, shard_size, beam.pvalue.AsSingleton(total))
-     | "GroupShards" >> beam.GroupByKey()
-     | "WriteShards" >> beam.ParDo(WriteShard(directory, dtype, scann))
-     | "Shards" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
-     | "Commit" >> beam.Map(_commit_shards, directory))
+    entries = (matrices
+               | "Shard" >> beam.Map(_shard_of, shard_size, beam.pvalue.AsSingleton(total))
+               | "GroupShards" >> beam.GroupByKey()
+               | "WriteShards" >> beam.ParDo(WriteShard(directory, dtype, scann)))
+    _report(entries, reports, SHARDS)
 
 
-def _write_milvus(matrices, where, add_id, batch_size):
-    """(id, matrix) pairs -> entities of add `add_id` -> one commit, unless an id repeats."""
+def _write_milvus(matrices, where, add_id, batch_size, reports):
+    """(id, matrix) pairs -> entities of add `add_id`; the ids that repeat, reported."""
     repeated = (matrices | "Ids" >> beam.Keys() | "CountIds" >> beam.combiners.Count.PerElement()
                 | "Repeated" >> beam.Filter(lambda pair: pair[1] > 1) | "RepeatedIds" >> beam.Keys())
+    _report(repeated, reports, REPEATED)
     (matrices
      | "Rebatch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=max(batch_size, 256))
-     | "Insert" >> beam.ParDo(WriteToMilvus(where.uri, where.collection, add_id))
-     | "Inserted" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
-     | "Commit" >> beam.Map(_commit_milvus, where.uri, where.collection, add_id, beam.pvalue.AsList(repeated)))
+     | "Insert" >> beam.ParDo(WriteToMilvus(where.uri, where.collection, add_id)))
 
 
 def read_images(pipeline, paths=(), manifest=None, tfrecords=None):
@@ -177,12 +180,26 @@ def read_images(pipeline, paths=(), manifest=None, tfrecords=None):
     if sum([bool(paths), bool(manifest), bool(tfrecords)]) != 1:
         raise ValueError("Give the images one way: --images (or paths after the command), --manifest or --tfrecords.")
     if tfrecords:
-        if not glob.glob(tfrecords):
+        if not FileSystems.match([tfrecords])[0].metadata_list:  # local files, gs://, ...
             raise FileNotFoundError(f"No TFRecord files match {tfrecords!r}.")
         return (pipeline | "ReadRecords" >> beam.io.ReadFromTFRecord(tfrecords)
                 | "ParseRecords" >> beam.Map(encoding.record_item))
     items, _ = encoding.image_items(paths, manifest)
     return pipeline | "Images" >> beam.Create(items)
+
+
+@contextlib.contextmanager
+def _reports_folder(options):
+    """Where the workers write the run's reports: under --temp_location, else a local
+    temporary folder; removed at the end."""
+    temp_location = options.view_as(GoogleCloudOptions).temp_location
+    folder = (FileSystems.join(temp_location, f"sdl_search_{uuid.uuid4().hex}") if temp_location
+              else tempfile.mkdtemp(prefix="sdl_search_"))
+    try:
+        yield folder
+    finally:
+        if FileSystems.exists(folder):
+            FileSystems.delete([folder])
 
 
 def check_runner(location, options):
@@ -192,51 +209,67 @@ def check_runner(location, options):
 
     where = parse_location(location)
     lite = where.is_milvus and not is_remote(where.uri)
-    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
-    mode = options.view_as(DirectOptions).direct_running_mode
-    if lite and (not runner.endswith("DirectRunner") or mode != "in_memory"):
+    if lite and (not is_direct(options) or options.view_as(DirectOptions).direct_running_mode != "in_memory"):
         raise ValueError(f"{location}: a milvus-lite file is opened by one process only; build it on DirectRunner "
                          "in its in_memory mode, or give a Milvus server (milvus:http://host:19530#collection).")
 
 
 def build(location, pipeline_args, paths=(), manifest=None, tfrecords=None, model=None, run_dir=None,
           vocabulary=None, dtype="float32", aggregation=None, scann=None, milvus=None, shard_size=100_000,
-          batch_size=32, overwrite=False):
+          batch_size=32, overwrite=False, lock_timeout=0):
     """Creates the index at `location` (a directory or milvus:URI#COLLECTION) from images, as
     a Beam pipeline run with `pipeline_args` (--runner=..., Beam's options). Arguments as
-    `encoding.build`. Returns (index, added, skipped: [(id, reason)])."""
+    `encoding.build`; the index's writer lock is waited for `lock_timeout` seconds. Returns
+    (index, added, skipped: [(id, reason)])."""
     options = PipelineOptions(list(pipeline_args))
     check_runner(location, options)
     where = parse_location(location)
     # The launcher loads the model once for M, d, the aggregation and what the index records.
     encoder = encoding.make_encoder(model, run_dir)
-    index = create_index(location, *encoding.matrix_shape(encoder), dtype, aggregation or encoder.aggregation or "max",
-                         encoding.load_vocabulary(vocabulary, run_dir), scann, milvus, encoder.source, overwrite)
+    shape, source, aggregation = encoding.matrix_shape(encoder), encoder.source, aggregation or encoder.aggregation
     del encoder
-    add_id = index.begin_add() if where.is_milvus else None
+
+    def create():
+        return create_index(location, *shape, dtype, aggregation or "max", encoding.load_vocabulary(vocabulary, run_dir),
+                            scann, milvus, source, overwrite)
+
     if where.is_milvus:
-        index.close()  # a milvus-lite file: the pipeline's steps open it in this process
-    reports = tempfile.mkdtemp(prefix="sdl_search_unreadable_")
-    try:
-        pipeline = beam.Pipeline(options=options)
+        index = create()  # the lease lives in the collection
+        index.lock_timeout = lock_timeout
+        writing = index.writer()
+    else:
+        writing = WriterLock(where.directory, lock_timeout)
+    with writing, _reports_folder(options) as reports:
+        if where.is_milvus:
+            add_id = index.begin_add()
+        else:
+            index = create()
+        pipeline = new_pipeline(options)
         items = read_images(pipeline, paths, manifest, tfrecords)
         read = items | "Read" >> beam.ParDo(ReadImage()).with_outputs(UNREADABLE, main="images")
         encoded = (read.images | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
                    | "Encode" >> beam.ParDo(EncodeImages(model, run_dir)).with_outputs(UNREADABLE, main="matrices"))
-        ((read[UNREADABLE], encoded[UNREADABLE]) | "Unreadable" >> beam.Flatten()
-         | "AsJson" >> beam.Map(lambda pair: json.dumps(list(pair), ensure_ascii=False))
-         | "Report" >> beam.io.WriteToText(os.path.join(reports, UNREADABLE), ".jsonl"))
+        _report((read[UNREADABLE], encoded[UNREADABLE]) | "Unreadable" >> beam.Flatten(), reports, UNREADABLE)
         if where.is_milvus:
-            _write_milvus(encoded.matrices, where, add_id, batch_size)
+            _write_milvus(encoded.matrices, where, add_id, batch_size, reports)
         else:
-            _write_shards(encoded.matrices, items, where.directory, dtype, scann, shard_size)
-        run_pipeline(pipeline)
-        skipped = []
-        for path in sorted(glob.glob(os.path.join(reports, UNREADABLE + "*"))):
-            with open(path, encoding="utf-8") as f:
-                skipped += [tuple(json.loads(line)) for line in f if line.strip()]
-    finally:
-        shutil.rmtree(reports, ignore_errors=True)
+            _write_shards(encoded.matrices, items, where.directory, dtype, scann, shard_size, reports)
+        try:
+            run_pipeline(pipeline)
+            if where.is_milvus:
+                repeated = _read_report(reports, REPEATED)
+                if repeated:
+                    raise ValueError(f"Image id(s) repeated in the input: {sorted(repeated)[:10]}")
+                index.commit(add_id)
+            else:
+                index.attach(_read_report(reports, SHARDS))  # refuses repeated ids itself
+        except BaseException:
+            if where.is_milvus:
+                index.discard(add_id)
+            raise
+        skipped = [tuple(pair) for pair in _read_report(reports, UNREADABLE)]
+    if where.is_milvus:
+        index.close()
     index = open_index(location)
     for image_id, reason in skipped:
         logger.warning("Skipped %s: %s", image_id, reason)

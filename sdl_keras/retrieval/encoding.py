@@ -47,8 +47,8 @@ class KerasEncoder:
         from sdl_keras.run_dir import RunDirectory
 
         self.model, _, config = RunDirectory(run_dir).load()
-        image_size, crop = config.data.image_size, config.data.crop
-        self._decode = tf.function(lambda images: decode_images(images, image_size, crop))
+        image_size, crop, mode = config.data.image_size, config.data.crop, config.data.decode_mode
+        self._decode = tf.function(lambda images: decode_images(images, image_size, crop, mode))
         self._tf = tf
         self.source = {"run_dir": os.path.abspath(run_dir)}
         self.aggregation = config.loss.aggregation
@@ -95,14 +95,25 @@ def manifest_items(path):
 
 
 def tfrecord_items(pattern):
-    """(id, encoded bytes) of every record in the TFRecord files matching `pattern`."""
+    """(id, encoded bytes) of every record in the TFRecord files matching `pattern`; a
+    damaged (corrupted or truncated) record is a ValueError naming its file."""
     import tensorflow as tf
+
+    from pipelines.decode import error_text
 
     files = sorted(glob.glob(pattern))
     if not files:
         raise FileNotFoundError(f"No TFRecord files match {pattern!r}.")
-    for record in tf.data.TFRecordDataset(files):
-        yield record_item(record.numpy())
+    for path in files:
+        number = 0
+        try:
+            for number, record in enumerate(tf.data.TFRecordDataset(path), start=1):
+                yield record_item(record.numpy())
+        except tf.errors.DataLossError as error:
+            raise ValueError(
+                f"{path}: record {number + 1} cannot be read ({error_text(error)}): rewrite the file (a shard of "
+                "pipelines.to_tfrecord: delete it and rerun its command, which resumes)."
+            ) from None
 
 
 def record_item(serialized):
@@ -186,9 +197,13 @@ def encode_batch(encoder, batch):
 
 
 def index_images(location, encoder, items, *, create=False, total=None, vocabulary=None, dtype="float32",
-                 aggregation=None, scann=None, milvus=None, shard_size=100_000, batch_size=32, overwrite=False):
+                 aggregation=None, scann=None, milvus=None, shard_size=100_000, batch_size=32, overwrite=False,
+                 lock_timeout=0):
     """Builds (create=True) or grows the index at `location` (a directory or
-    milvus:URI#COLLECTION, see `backends`) from image items; returns (index, added, skipped)."""
+    milvus:URI#COLLECTION, see `backends`) from image items; returns (index, added, skipped).
+
+    The add waits `lock_timeout` seconds for another writer of the index (0: fails at once,
+    before any image is encoded; None: waits as long as it takes)."""
     skipped = []
     batches = encode_batches(encoder, items, batch_size, total, skipped)
     if create:
@@ -196,6 +211,7 @@ def index_images(location, encoder, items, *, create=False, total=None, vocabula
                              vocabulary, scann, milvus, encoder.source, overwrite)
     else:
         index = open_index(location)
+    index.lock_timeout = lock_timeout
     added = index.add(batches, shard_size=shard_size)
     for image_id, reason in skipped:
         logger.warning("Skipped %s: %s", image_id, reason)

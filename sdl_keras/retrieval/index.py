@@ -14,7 +14,7 @@ Layout (an index is a list of immutable shards, written once, never appended to)
 
 Adding images writes new shards and then replaces index.json atomically, so a reader
 never sees a half-written shard and a failed add leaves the index as it was. One writer
-at a time.
+at a time: writers hold the index's lock (sdl_keras/retrieval/lock.py, INDEX/.writer.lock).
 
 Queries: one or more tag vectors. Several tags combine by summing their scores,
     score(image) = sum_j max_m (A t_j)_m,
@@ -39,6 +39,7 @@ This module is NumPy only (no TensorFlow): an index is queried without loading a
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ import sys
 import numpy as np
 
 from sdl_keras.embeddings import TagVocabulary, l2_normalize, load_tag_vectors
+from sdl_keras.retrieval.lock import LOCK_FILE, WriterLock
 
 logger = logging.getLogger(__name__)
 
@@ -312,13 +314,32 @@ def build_searcher(rows, options=ScannOptions()):
     return builder.build()
 
 
+def _exclusive(method):
+    """A method that changes the index, run under its writer lock (`WriterLock`, waiting up
+    to `lock_timeout` s) on the index as it now is on disk: another writer may have added
+    shards since this one was loaded."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with WriterLock(self.directory, self.lock_timeout):
+            current = type(self).load(self.directory)
+            if current.meta != self.meta:
+                self.meta, self.shards = current.meta, current.shards
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class RetrievalIndex:
     """An index directory of image matrices (see the module docstring).
 
     Shape contract: every image's A is (num_rows, dim); query vectors are (T, dim).
 
     Create with `RetrievalIndex.create`, open with `RetrievalIndex.load`, grow with `add`.
+    Writers wait `lock_timeout` seconds for another one's lock (0: fail at once, None:
+    as long as it takes).
     """
+
+    lock_timeout = 0
 
     def __init__(self, directory, meta, vocabulary=None):
         self.directory = directory
@@ -379,7 +400,13 @@ class RetrievalIndex:
         if os.path.exists(os.path.join(directory, INDEX_FILE)):
             if not overwrite:
                 raise FileExistsError(f"{directory} already holds an index; add to it, or pass overwrite.")
-            shutil.rmtree(directory)
+            with WriterLock(directory, cls.lock_timeout):  # never under a live writer; the lock file stays
+                for name in set(os.listdir(directory)) - {LOCK_FILE}:
+                    path = os.path.join(directory, name)
+                    if os.path.isdir(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.remove(path)
         os.makedirs(directory, exist_ok=True)
         if vocabulary is not None:
             vocabulary.save(os.path.join(directory, VOCABULARY_FILE))
@@ -410,6 +437,7 @@ class RetrievalIndex:
         return cls(directory, meta, vocabulary)
 
     # -- adding -----------------------------------------------------------------------------
+    @_exclusive
     def add(self, batches, shard_size=100_000):
         """Adds images from an iterable of (ids, matrices (n, M, d)) batches; returns how many.
 
@@ -469,6 +497,7 @@ class RetrievalIndex:
         _write_searcher(shard.directory, np.asarray(shard.matrices, dtype=np.float32).reshape(-1, self.dim), options)
         shard._searcher = None
 
+    @_exclusive
     def build_searchers(self, options=ScannOptions()):
         """(Re)builds every shard's ScaNN searcher with `options`, which later adds also use:
         turns approximate search on for an exact-only index, or retunes it."""
@@ -479,10 +508,13 @@ class RetrievalIndex:
         self.meta = dict(self.meta, scann=dataclasses.asdict(options))
         _write_json(os.path.join(self.directory, INDEX_FILE), self.meta)
 
+    @_exclusive
     def attach(self, entries):
         """Lists shards written into the index's folder by `write_shard` (by Beam workers, say)
         in index.json, in name order, replacing it atomically; returns how many images they
-        hold. Their files and ids are checked first: the sizes, and ids new and unique."""
+        hold. Their files and ids are checked first: the sizes, and ids new and unique. The
+        writer holds the lock while the shards are written (else the next writer removes
+        them as unfinished) and through this call (the lock is re-entrant)."""
         entries = sorted(entries, key=lambda e: e["name"])
         listed = {s["name"] for s in self.meta["shards"]}
         clash = sorted(e["name"] for e in entries if e["name"] in listed)
@@ -503,7 +535,8 @@ class RetrievalIndex:
         return sum(s.count for s in shards)
 
     def _remove_unlisted_shards(self):
-        """Shard folders a failed or killed add left behind (never listed in index.json)."""
+        """Shard folders a failed or killed add left behind (never listed in index.json); the
+        writer lock keeps out any live writer, whose shards these could otherwise be."""
         listed = {s["name"] for s in self.meta["shards"]}
         for name in os.listdir(self.directory):
             if name.startswith("shard-") and name not in listed:
@@ -733,7 +766,9 @@ class _ShardWriter:
 def write_shard(directory, name, ids, matrices, dtype="float32", scann=None):
     """Writes one shard folder DIRECTORY/NAME of (n, M, d) matrices and their ids (and its
     ScaNN searcher with `scann` options), not yet listed in any index: `RetrievalIndex.attach`
-    lists it. Returns its entry {"name", "count"}."""
+    lists it. Returns its entry {"name", "count"}. A folder of that name is replaced: an
+    earlier attempt's (a Beam bundle retried after its worker died)."""
+    shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
     writer = _ShardWriter(directory, name, dtype)
     try:
         writer.write([str(i) for i in ids], matrices)

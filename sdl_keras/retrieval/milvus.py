@@ -21,7 +21,8 @@ The collection's settings (M, d, the model it was built with, the index type) an
 number of the last completed add live in its properties. An add numbers its entities and
 raises that number only once all of them are flushed: searches filter on
 `add_id <= committed`, so the entities of an add in progress, failed or killed are never
-seen, and the next add deletes them. One writer at a time; readers at any time.
+seen, and the next add deletes them. One writer at a time (`WriterLease`, the collection's
+counterpart of an index directory's writer lock); readers at any time.
 
 A model's TagVocabulary, for queries by tag name, is a second collection beside it,
 `COLLECTION_vocabulary` (one entity per tag: its position, name, unseen flag, vector).
@@ -29,19 +30,29 @@ A model's TagVocabulary, for queries by tag name, is a second collection beside 
 
 import contextlib
 import dataclasses
+import functools
+import itertools
 import json
 import logging
 import os
+import socket
+import threading
+import time
+import uuid
 
 import numpy as np
 
 from sdl_keras.embeddings import TagVocabulary
 from sdl_keras.retrieval.index import Hit, Query, check_batch
+from sdl_keras.retrieval.lock import IndexLockedError, kept_out_message
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "sdl_keras.retrieval.milvus/1"
 PROPERTY = "sdl_keras"
+WRITER_PROPERTY = "sdl_keras_writer"
+# A writer's lease lasts this long unless renewed (its thread renews it 4 times as often).
+LEASE_SECONDS = 60.0
 VOCABULARY_SUFFIX = "_vocabulary"
 ID_LENGTH = 4096
 # Milvus' largest limit (topk) of one search, and entities per insert or query call.
@@ -149,6 +160,98 @@ def parse_params(name, text):
     return params
 
 
+class WriterLease:
+    """The writer lock of a collection: one writer at a time, as a directory's `WriterLock`.
+
+    Milvus has no lock, so a writer records a lease in the collection's property
+    `sdl_keras_writer` (its pid and host, a token, an expiry LEASE_SECONDS ahead), renews it
+    from a thread while it writes and drops it at the end. Another writer is kept out while
+    the lease is live: it fails at once (timeout 0) or waits up to `timeout` seconds (None:
+    as long as it takes), before it has encoded an image. A lease is stale once expired, or
+    at once where its holder is a process of this host that has exited (a killed add; a
+    milvus-lite file is only ever opened on its own host). Two writers starting within the
+    same moment on a server both write theirs; each reads it back after a second, and the
+    one overwritten waits as any writer kept out.
+    """
+
+    def __init__(self, index, timeout=0, poll=0.5):
+        self.index, self.timeout, self.poll = index, timeout, poll
+        self.lease = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex}
+        self._stop = threading.Event()
+        self._renewer = None
+
+    def _read(self):
+        """(the lease recorded, the collection's properties)."""
+        properties = self.index.client.describe_collection(self.index.collection).get("properties", {})
+        text = properties.get(WRITER_PROPERTY)
+        return (json.loads(text) if text else None), properties
+
+    def _write(self):
+        lease = dict(self.lease, expires=time.time() + LEASE_SECONDS)
+        self.index.client.alter_collection_properties(self.index.collection,
+                                                      properties={WRITER_PROPERTY: json.dumps(lease)})
+
+    def _renew(self):
+        while not self._stop.wait(LEASE_SECONDS / 4):
+            try:
+                self._write()
+            except Exception as error:  # the next renewal may get through; the lease outlives a few failures
+                logger.warning("Could not renew the writer lease of %s: %s", self.index.location, error)
+
+    def __enter__(self):
+        settle = 1.0 if is_remote(self.index.uri) else 0.0
+        start = time.monotonic()
+        for attempt in itertools.count():
+            lease, properties = self._read()
+            if lease is None or _stale(lease):
+                self._write()
+                time.sleep(settle)
+                lease, properties = self._read()
+                if lease and lease["token"] == self.lease["token"]:
+                    break
+            waited = time.monotonic() - start
+            holder = f"{self.index.location} is held by another writer (pid {lease['pid']} on {lease['host']})"
+            if self.timeout is not None and waited >= self.timeout:
+                raise IndexLockedError(kept_out_message(holder, self.timeout, waited))
+            if not attempt:
+                logger.info("Waiting: %s.", holder)
+            time.sleep(self.poll)
+        # The collection as it now is: another writer may have added to it since it was opened.
+        self.index.meta = json.loads(properties[PROPERTY])
+        self._renewer = threading.Thread(target=self._renew, daemon=True, name="milvus-writer-lease")
+        self._renewer.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._renewer.join()
+        self.index.client.drop_collection_properties(self.index.collection, property_keys=[WRITER_PROPERTY])
+
+
+def _stale(lease):
+    if lease["expires"] < time.time():
+        return True
+    if lease["host"] != socket.gethostname() or lease["pid"] == os.getpid():
+        return False
+    try:
+        os.kill(lease["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # another user's live process
+    return False
+
+
+def _exclusive(method):
+    """A method that changes the collection, run under its writer lease (`MilvusIndex.writer`)."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.writer():
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 def _id_list(ids):
     """A Milvus expression list of string literals (JSON's escapes are Milvus')."""
     return json.dumps([str(i) for i in ids], ensure_ascii=False)
@@ -161,16 +264,19 @@ class MilvusIndex:
 
     Create with `MilvusIndex.create(uri, collection, num_rows, dim)`, open with
     `MilvusIndex.open(uri, collection)`, grow with `add`, query with `search` and
-    `search_batch` (lists of Hit, as RetrievalIndex's).
+    `search_batch` (lists of Hit, as RetrievalIndex's). Writers wait `lock_timeout`
+    seconds for another one's lease (0: fail at once, None: as long as it takes).
     """
 
     dtype = "float32"
     aggregation = "max"
+    lock_timeout = 0
 
     def __init__(self, client, uri, collection, meta, vocabulary=None):
         self.client, self.uri, self.collection = client, uri, collection
         self.meta = meta
         self.vocabulary = vocabulary
+        self._lease = None
 
     num_rows = property(lambda self: self.meta["num_rows"])
     dim = property(lambda self: self.meta["dim"])
@@ -301,6 +407,21 @@ class MilvusIndex:
         return found
 
     # -- adding -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writer(self):
+        """Holds the collection's writer lease (`WriterLease`) for a block, re-entrantly: a
+        job that inserts from elsewhere (Beam workers) holds it from `begin_add` to `commit`."""
+        if self._lease is not None:
+            yield self._lease
+            return
+        with WriterLease(self, self.lock_timeout) as lease:
+            self._lease = lease
+            try:
+                yield lease
+            finally:
+                self._lease = None
+
+    @_exclusive
     def begin_add(self):
         """Starts an add: deletes what failed or killed adds left (never committed) and
         returns the new add's number, for `insert` and `commit`."""
@@ -325,11 +446,18 @@ class MilvusIndex:
             self.client.insert(self.collection, entities[start : start + CALL_ENTITIES])
         return len(ids)
 
+    @_exclusive
     def commit(self, add_id):
         """Makes add `add_id` visible: its entities are flushed, then the committed number raised."""
         self.client.flush(self.collection)
         self._save_meta(committed=int(add_id))
 
+    @_exclusive
+    def discard(self, add_id):
+        """Deletes the entities of add `add_id`, which failed (never committed)."""
+        self.client.delete(self.collection, filter=f"add_id == {int(add_id)}")
+
+    @_exclusive
     def add(self, batches, shard_size=None):
         """Adds images from an iterable of (ids, matrices (n, M, d)) batches; returns how many.
         Ids must be new and unique; on an error the index is left as it was (the entities
@@ -341,7 +469,7 @@ class MilvusIndex:
             for ids, matrices in batches:
                 added += self.insert(add_id, ids, matrices, known)
         except BaseException:
-            self.client.delete(self.collection, filter=f"add_id == {add_id}")
+            self.discard(add_id)
             raise
         if added:
             self.commit(add_id)

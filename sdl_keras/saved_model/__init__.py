@@ -10,8 +10,10 @@ JPEG/PNG/GIF/BMP bytes, decoded and resized inside the graph:
   score_tags       (+ tag_vectors float [T, d]) -> scores (float [B, T]): tags that did
                       not exist at export time, scored at serving time
 
-and, beside the versions, the TF Serving deployment files `models.config` and
-`batching_parameters.txt` (saved_models/README.md shows the serving command).
+and, beside the versions, the TF Serving deployment files `models.config`,
+`batching_parameters.txt` and `monitoring.config` (saved_models/README.md shows the serving
+command). Each version holds TF Serving's warmup file: every signature at every batch size
+the batching parameters allow.
 """
 
 import os
@@ -25,8 +27,14 @@ from sdl_keras.scoring import tag_scores
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
-# TF Serving's --enable_batching: up to 32 images a batch, waiting at most 2 ms for them.
+# TF Serving's --enable_batching: up to 32 images a batch, waiting at most 2 ms for them. A
+# batch is padded to the next allowed size, so the warmup (run at each) covers every shape
+# the server runs; powers of two waste less than half a batch on padding.
 BATCHING_PARAMETERS = {"max_batch_size": 32, "batch_timeout_micros": 2000, "max_enqueued_batches": 100, "num_batch_threads": 4}
+ALLOWED_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+# TF Serving's --monitoring_config_file: Prometheus metrics on the REST port, at TF Serving's path.
+MONITORING_CONFIG = 'prometheus_config {\n  enable: true\n  path: "/monitoring/prometheus/metrics"\n}\n'
+SIGNATURES = ("serving_default", "matrix", "score_tags")
 
 # Ops that call back into the Python interpreter: a SavedModel holding one cannot
 # be loaded by TF Serving (or anything without the exporting process).
@@ -60,11 +68,11 @@ def check_model(model, vocabulary, source="the model"):
     return in_shape[1], out_shape[1], out_shape[2]
 
 
-def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="none"):
+def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="none", decode_mode="fast"):
     """A `keras.export.ExportArchive` holding the three SDL signatures (module docstring).
 
-    `aggregation` and `crop` must be the run's (its config.json): tags are scored and
-    images decoded as in training and evaluation.
+    `aggregation`, `crop` and `decode_mode` must be the run's (its config.json): tags are
+    scored and images decoded as in training and evaluation.
     """
     import keras
 
@@ -82,7 +90,7 @@ def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="n
     images_spec = tf.TensorSpec([None], tf.string, name="images")
 
     def matrix_of(images):
-        return model(decode_images(images, image_size, crop), training=False)
+        return model(decode_images(images, image_size, crop, decode_mode), training=False)
 
     def serving_default(images):
         scores, rows = tag_scores(matrix_of(images), vocabulary_vectors, aggregation)
@@ -137,26 +145,33 @@ def next_version(base_path):
     return versions[-1] + 1 if versions else 1
 
 
-def write_warmup_requests(saved_model_dir, model_name, image_size):
-    """TF Serving replays `assets.extra/tf_serving_warmup_requests` before it serves a
-    version, so the first user request does not pay for graph initialization."""
+def write_warmup_requests(saved_model_dir, model_name, image_size, embed_dim, batch_sizes=ALLOWED_BATCH_SIZES):
+    """TF Serving replays `assets.extra/tf_serving_warmup_requests` before it reports a version
+    AVAILABLE, so no user request pays for graph initialization: one request per signature
+    and batch size (score_tags with 8 tag vectors)."""
     tf = _tf()
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     image = tf.io.encode_jpeg(tf.fill([image_size, image_size, 3], tf.constant(128, tf.uint8))).numpy()
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = "serving_default"
-    request.inputs["images"].CopyFrom(tf.make_tensor_proto([image], dtype=tf.string))
-    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    tag_vectors = np.eye(8, embed_dim, dtype=np.float32)
     path = os.path.join(saved_model_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        writer.write(log.SerializeToString())
+        for signature in SIGNATURES:
+            for size in batch_sizes:
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name = model_name
+                request.model_spec.signature_name = signature
+                request.inputs["images"].CopyFrom(tf.make_tensor_proto([image] * size, dtype=tf.string))
+                if signature == "score_tags":
+                    request.inputs["tag_vectors"].CopyFrom(tf.make_tensor_proto(tag_vectors))
+                log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+                writer.write(log.SerializeToString())
 
 
 def write_serving_config(base_path, model_name, serving_base_path=None, num_versions=2):
-    """Writes `models.config` and `batching_parameters.txt` beside a model's versions.
+    """Writes `models.config`, `batching_parameters.txt` and `monitoring.config` beside a
+    model's versions.
 
     `models.config` is a ModelServerConfig text proto naming the newest `num_versions`
     exported versions (so a rollback target stays loaded); `serving_base_path` is where
@@ -181,6 +196,11 @@ def write_serving_config(base_path, model_name, serving_base_path=None, num_vers
     with open(os.path.join(base_path, "batching_parameters.txt"), "w") as f:
         for key, value in BATCHING_PARAMETERS.items():
             f.write(f"{key} {{ value: {value} }}\n")
+        for size in ALLOWED_BATCH_SIZES:
+            f.write(f"allowed_batch_sizes: {size}\n")
+    # MonitoringConfig (tensorflow_serving/config/monitoring_config.proto), likewise not shipped.
+    with open(os.path.join(base_path, "monitoring.config"), "w") as f:
+        f.write(MONITORING_CONFIG)
 
 
 def read_saved_model(saved_model_dir):
@@ -217,6 +237,7 @@ def export_model(
     top_k=10,
     aggregation="max",
     crop="none",
+    decode_mode="fast",
     model_name=None,
     serving_base_path=None,
     num_versions=2,
@@ -227,7 +248,7 @@ def export_model(
     a server polling `base_path` (TF Serving, `sdl_keras.serving.server`) never loads a
     half-written version.
     """
-    image_size, _, _ = check_model(model, vocabulary)
+    image_size, _, embed_dim = check_model(model, vocabulary)
     model_name = model_name or os.path.basename(os.path.normpath(base_path))
     version = next_version(base_path) if version is None else int(version)
     if version < 1:
@@ -239,11 +260,11 @@ def export_model(
     staging = os.path.join(base_path, f".exporting-{version}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        build_export_archive(model, vocabulary, top_k, aggregation, crop).write_out(staging, verbose=False)
+        build_export_archive(model, vocabulary, top_k, aggregation, crop, decode_mode).write_out(staging, verbose=False)
         bad = python_ops(staging)
         if bad:
             raise ValueError(f"The exported graph holds ops TF Serving cannot run: {bad}")
-        write_warmup_requests(staging, model_name, image_size)
+        write_warmup_requests(staging, model_name, image_size, embed_dim)
         os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -270,7 +291,8 @@ def export_run(run_dir, output_dir="saved_models", name=None, version=None, top_
     vocab = TagVocabulary.load(vocabulary) if vocabulary else run.vocabulary()
     check_model(model, vocab, source=checkpoint)
     name = name or run.name
-    settings = {"aggregation": config.loss.aggregation, "crop": config.data.crop}
+    settings = {"aggregation": config.loss.aggregation, "crop": config.data.crop,
+                "decode_mode": config.data.decode_mode}
     path = export_model(
         model, vocab, os.path.join(output_dir, name), version=version, top_k=top_k, model_name=name,
         serving_base_path=serving_base_path, num_versions=num_versions, **settings,

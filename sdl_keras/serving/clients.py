@@ -59,6 +59,10 @@ class GrpcClient:
 
     def predict(self, model, inputs, signature="serving_default", version=None):
         """{output: numpy array} for {input: array-like}; bytes inputs travel as DT_STRING."""
+        return self.predict_versioned(model, inputs, signature, version)[1]
+
+    def predict_versioned(self, model, inputs, signature="serving_default", version=None):
+        """(the version that answered, {output: numpy array})."""
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
@@ -67,7 +71,7 @@ class GrpcClient:
         for key, value in inputs.items():
             request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
         response = self._call(self._predictions.Predict, request)
-        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        return response.model_spec.version.value, {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
     def signatures(self, model, version=None):
         """The model's SignatureDefMap as JSON (GetModelMetadata)."""
@@ -113,7 +117,7 @@ class RestClient:
                 message = json.loads(error.read()).get("error", "")
             except ValueError:
                 message = error.reason
-            code = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED"}.get(error.code, f"HTTP_{error.code}")
+            code = _REST_CODES.get(error.code, f"HTTP_{error.code}")
             raise ServingClientError(code, message) from None
         except urllib.error.URLError as error:
             raise ServingClientError("UNAVAILABLE", f"{self.base}: {error.reason}") from None
@@ -140,6 +144,9 @@ class RestClient:
         pass
 
 
+# TF Serving's HTTP statuses back to status names (ToHTTPStatusCode), and the body limit's 413.
+_REST_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED",
+               500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 # TF Serving's REST API answers a one-output signature with the bare value.
 _SINGLE_OUTPUTS = {"matrix": "matrix", "score_tags": "scores"}
 _OUTPUT_ORDER = ("tags", "scores", "rows", "unseen")

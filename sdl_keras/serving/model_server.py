@@ -1,270 +1,180 @@
-"""A local model server speaking TF Serving's own APIs, for where its binary cannot be
-installed (the library side of `python -m sdl_keras.serving.server`).
+"""A model server speaking TF Serving's APIs, for where its binary cannot be installed (the
+library side of `python -m sdl_keras.serving.server`).
 
-Implements, from the `tensorflow-serving-api` protos, `tensorflow.serving.PredictionService`
-(Predict, GetModelMetadata) and `tensorflow.serving.ModelService` (GetModelStatus), the
-standard `grpc.health.v1.Health` service, and optionally TF Serving's REST predict, status and
-metadata endpoints. It serves the newest version under the base path and loads new versions
-without a restart (`servables.VersionedModel`), so `sdl_keras.serving.client` works the same
-against it and against `tensorflow/serving`. It binds 127.0.0.1 unless --host says otherwise.
+`ModelServer` wires the pieces the way `tensorflow_model_server` does: the models of the
+config (manager, versions, servables, with optional batching), TF Serving's gRPC services
+(grpc_services) plus the standard `grpc.health.v1.Health` service (an addition), and the REST
+API with Prometheus metrics (rest_api over http_server). It binds 127.0.0.1 unless told
+otherwise, and on SIGTERM it drains: no new connections or calls, in-flight requests
+finish, then the models are unloaded.
 """
 
 import concurrent.futures
-import http.server
-import json
+import dataclasses
 import logging
 import os
-import re
+import signal
 import threading
+import time
 
 import grpc
-import tensorflow as tf
-from google.protobuf import any_pb2, json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from sdl_keras.serving.servables import Limits, ServingError, VersionedModel, invalid
+from sdl_keras.serving.grpc_services import PREDICTION_SERVICE, ModelServicer, PredictionServicer
+from sdl_keras.serving.http_server import HttpLimits, HttpServer
+from sdl_keras.serving.manager import ModelManager
+from sdl_keras.serving.rest_api import RestApi
+from sdl_keras.serving.servables import Limits, Servable
+from sdl_keras.serving.serving_api import ServingApi
+from sdl_keras.serving.versions import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+
+@dataclasses.dataclass
+class ServerOptions:
+    """What `tensorflow_model_server`'s flags set (server.py maps them one to one)."""
+
+    models: list  # server_config.ModelConfig, from --model_config_file or --model_base_path
+    host: str = "127.0.0.1"
+    port: int = 8500  # 0: a free port
+    rest_api_port: int = 0  # 0: no REST API (as TF Serving)
+    rest_api_timeout_s: float = 30.0
+    rest_api_num_threads: int = max(16, 4 * (os.cpu_count() or 1))
+    rest_api_max_connections: int = 256
+    limits: Limits = Limits()
+    file_system_poll_wait_seconds: float = 1.0
+    model_config_file: str = None
+    model_config_file_poll_wait_seconds: float = 0.0
+    batching: object = None  # server_config.BatchingParameters with --enable_batching
+    metrics_path: str = None  # Prometheus, from --monitoring_config_file
+    retry: RetryPolicy = RetryPolicy()
+    grpc_workers: int = 64
+    drain_timeout_s: float = 30.0
 
 
-def _version(model_spec):
-    if model_spec.version_label:
-        raise invalid(f"Version labels are not supported by this server (got {model_spec.version_label!r}).")
-    return model_spec.version.value if model_spec.HasField("version") else None
+def server_options(model_config_file=None, model_base_path=None, model_name=None, enable_batching=False,
+                   batching_parameters_file=None, monitoring_config_file=None, **settings):
+    """ServerOptions from TF Serving's flags: the config files read and checked, as
+    tensorflow_model_server's main does (`settings` are ServerOptions fields)."""
+    from sdl_keras.serving import server_config
 
-
-def _abort(context, error):
-    context.abort(error.code, error.message)
-
-
-def as_numpy_inputs(tensors):
-    """{name: numpy array} from {name: TensorProto}, INVALID_ARGUMENT for malformed ones."""
-    arrays = {}
-    for key, proto in tensors.items():
-        try:
-            arrays[key] = tf.make_ndarray(proto)
-        except Exception as error:
-            raise invalid(f"Input {key!r} is not a valid TensorProto: {error}") from None
-    return arrays
-
-
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, model):
-        self.model = model
-
-    def Predict(self, request, context):
-        try:
-            servable = self.model.servable(request.model_spec.name, _version(request.model_spec))
-            signature = servable.signature(request.model_spec.signature_name)
-            outputs = servable.predict(signature, as_numpy_inputs(request.inputs), list(request.output_filter))
-        except ServingError as error:
-            return _abort(context, error)
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
-        response.model_spec.signature_name = signature
-        for key, value in outputs.items():
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
-        return response
-
-    def GetModelMetadata(self, request, context):
-        try:
-            fields = list(request.metadata_field)
-            if fields != ["signature_def"]:
-                raise invalid(f"metadata_field must be ['signature_def'] (the only metadata served), got {fields}.")
-            servable = self.model.servable(request.model_spec.name, _version(request.model_spec))
-        except ServingError as error:
-            return _abort(context, error)
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
-        packed = any_pb2.Any()
-        packed.Pack(servable.signature_defs)
-        response.metadata["signature_def"].CopyFrom(packed)
-        return response
-
-
-def model_status(model, name, version):
-    """The GetModelStatusResponse for a model name and optional version."""
-    if name != model.name:
-        raise ServingError(grpc.StatusCode.NOT_FOUND, f"Model {name!r} is not served (this server serves {model.name!r}).")
-    response = get_model_status_pb2.GetModelStatusResponse()
-    for number, state, message in model.status(version):
-        status = response.model_version_status.add(version=number)
-        status.state = get_model_status_pb2.ModelVersionStatus.State.Value(state)
-        if message:
-            status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
-            status.status.error_message = message
-    return response
-
-
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, model):
-        self.model = model
-
-    def GetModelStatus(self, request, context):
-        try:
-            return model_status(self.model, request.model_spec.name, _version(request.model_spec))
-        except ServingError as error:
-            return _abort(context, error)
-
-
-_HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
-}
-_REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<verb>/metadata|:predict)?$")
-
-
-def _to_json(message):
-    # TF Serving's REST API keeps proto field names and prints default values ("OK").
-    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
-
-
-def _rest_handler(model, limits):
-    from sdl_keras.serving import rest
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt, *args):
-            logger.debug("REST %s: " + fmt, self.client_address[0], *args)
-
-        def _reply(self, code, body):
-            data = json.dumps(body).encode("utf-8")
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _route(self, method):
-            match = _REST_PATH.match(self.path)
-            if not match:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"No such endpoint: {method} {self.path}")
-            verb = match["verb"] or ""
-            if (method == "POST") != (verb == ":predict"):
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"No such endpoint: {method} {self.path}")
-            return match["name"], int(match["version"]) if match["version"] else None, verb
-
-        def _handle(self, method):
-            try:
-                name, version, verb = self._route(method)
-                if verb == "":
-                    self._reply(200, _to_json(model_status(model, name, version)))
-                elif verb == "/metadata":
-                    servable = model.servable(name, version)
-                    spec = {"name": servable.name, "version": str(servable.version), "signature_name": ""}
-                    self._reply(200, {"model_spec": spec, "metadata": {"signature_def": _to_json(servable.signature_defs)}})
-                else:
-                    self._reply(200, self._predict(name, version))
-            except ServingError as error:
-                self._reply(_HTTP_STATUS.get(error.code, 500), {"error": error.message})
-
-        def _predict(self, name, version):
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > limits.max_request_bytes:
-                self.close_connection = True  # the unread body makes the connection unusable
-                raise ServingError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"Request body of {length} bytes is over the limit of {limits.max_request_bytes}.",
-                )
-            try:
-                body = json.loads(self.rfile.read(length) or b"null")
-            except ValueError as error:
-                raise invalid(f"The request body is not JSON: {error}") from None
-            servable = model.servable(name, version)
-            signature = servable.signature(body.get("signature_name") if isinstance(body, dict) else None)
-            dtypes = {k: spec.dtype.as_numpy_dtype for k, spec in servable.input_specs[signature].items()}
-            try:
-                _, inputs, row_format = rest.parse_predict_request(body, dtypes)
-            except ValueError as error:
-                raise invalid(f"Signature {signature!r}: {error}.") from None
-            return rest.predict_response(servable.predict(signature, inputs), row_format)
-
-        def do_GET(self):
-            self._handle("GET")
-
-        def do_POST(self):
-            self._handle("POST")
-
-    return Handler
+    if bool(model_config_file) == bool(model_base_path):
+        raise ValueError("Give --model_config_file (several models, version policies, labels) or --model_base_path "
+                         "(one model, its latest version), not both or neither.")
+    if model_config_file:
+        models = server_config.read_model_config_file(model_config_file)
+    else:
+        models = server_config.single_model_config(model_base_path, model_name)
+    if batching_parameters_file and not enable_batching:
+        raise ValueError("--batching_parameters_file needs --enable_batching.")
+    batching = server_config.read_batching_parameters(batching_parameters_file) if enable_batching else None
+    metrics_path = server_config.read_monitoring_config(monitoring_config_file) if monitoring_config_file else None
+    if metrics_path and not settings.get("rest_api_port"):
+        raise ValueError("--monitoring_config_file needs --rest_api_port: the metrics are served on the REST port.")
+    return ServerOptions(models, model_config_file=model_config_file, batching=batching, metrics_path=metrics_path,
+                         **settings)
 
 
 class ModelServer:
-    """gRPC (and optional REST) front ends over one `VersionedModel`.
+    """The server; `grpc_port` and `rest_port` hold the bound ports after `start()`."""
 
-    Port 0 picks a free port; `grpc_port` and `rest_port` hold the bound ones after `start()`.
-    """
-
-    def __init__(
-        self,
-        base_path,
-        model_name=None,
-        host="127.0.0.1",
-        port=8500,
-        rest_api_port=None,
-        limits=Limits(),
-        poll_seconds=1.0,
-        workers=8,
-    ):
-        self.model = VersionedModel(model_name or os.path.basename(os.path.normpath(base_path)), base_path, limits, poll_seconds)
-        self.host, self.limits, self.workers = host, limits, workers
-        self.grpc_port, self.rest_port = port, rest_api_port
-        self._grpc = self._http = None
+    def __init__(self, options):
+        self.options = options
+        self.host = options.host
+        self.grpc_port, self.rest_port = options.port, None
+        self.manager = ModelManager(options.models, self._load, options.retry, options.file_system_poll_wait_seconds,
+                                    options.model_config_file, options.model_config_file_poll_wait_seconds)
+        self.api = ServingApi(self.manager)
         self.health = health.HealthServicer()
+        self._grpc = self._http = self._executor = None
+        self._draining = False
 
-    def _set_health(self, _servable=None):
-        status = health_pb2.HealthCheckResponse.SERVING
+    def _load(self, name, version, path):
+        servable = Servable(name, version, path, self.options.limits, self.options.batching)
+        try:
+            start = time.perf_counter()
+            count = servable.warm_up()
+        except Exception:
+            servable.close()
+            raise
+        logger.info("Model %s version %d: replayed %d warmup requests in %.1f s", name, version, count,
+                    time.perf_counter() - start)
+        return servable
+
+    def _update_health(self, _model=None):
+        serving = not self._draining and all(m.available() for m in self.manager.models())
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", PREDICTION_SERVICE):
             self.health.set(service, status)
 
     def start(self):
-        for service in ("", PREDICTION_SERVICE):
-            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.model.on_change = self._set_health
-        self.model.start()
+        """Loads the models (each aspired version, warmed up), then opens the ports."""
+        options = self.options
+        self._update_health()
+        self.manager.on_change = self._update_health
+        self.manager.start()
+        self._update_health()
         self._grpc = grpc.server(
-            concurrent.futures.ThreadPoolExecutor(max_workers=self.workers),
-            options=[("grpc.max_receive_message_length", self.limits.max_request_bytes)],
+            concurrent.futures.ThreadPoolExecutor(max_workers=options.grpc_workers, thread_name_prefix="grpc"),
+            options=[("grpc.max_receive_message_length", options.limits.max_request_bytes)],
         )
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.model), self._grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.model), self._grpc)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.api), self._grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.api), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
+        self.grpc_port = self._grpc.add_insecure_port(f"{options.host}:{options.port}")
         if not self.grpc_port:
-            raise OSError(f"Cannot bind the gRPC port on {self.host}.")
+            raise OSError(f"Cannot bind the gRPC port {options.port} on {options.host}.")
         self._grpc.start()
-        if self.rest_port is not None:
-            self._http = http.server.ThreadingHTTPServer((self.host, self.rest_port), _rest_handler(self.model, self.limits))
-            self._http.daemon_threads = True
-            self.rest_port = self._http.server_address[1]
-            threading.Thread(target=self._http.serve_forever, name="rest", daemon=True).start()
+        if options.rest_api_port:
+            self._executor = concurrent.futures.ThreadPoolExecutor(options.rest_api_num_threads,
+                                                                   thread_name_prefix="rest")
+            limits = HttpLimits(options.limits.max_request_bytes, options.rest_api_timeout_s,
+                                options.rest_api_max_connections)
+            rest_api = RestApi(self.api, options.metrics_path)
+            self._http = HttpServer(options.host, options.rest_api_port, rest_api.handle, self._executor, limits)
+            self.rest_port = self._http.start().port
         return self
 
-    def wait(self):
-        self._grpc.wait_for_termination()
-
-    def stop(self, grace=1.0):
+    def stop(self, grace=None):
+        """Drains, then stops: new connections and calls are refused, in-flight requests finish
+        (for at most `grace` seconds, --drain_timeout_seconds by default), models are unloaded."""
+        grace = self.options.drain_timeout_s if grace is None else grace
+        self._draining = True
+        self._update_health()
+        deadline = time.monotonic() + grace
         if self._http:
-            self._http.shutdown()
-            self._http.server_close()
-        if self._grpc:
-            self._grpc.stop(grace).wait()
-        self.model.stop()
+            self._http.stop_accepting()
+        stopped = self._grpc.stop(grace) if self._grpc else None
+        while self._http and self._http.busy() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if stopped is not None:
+            stopped.wait(max(0.0, deadline - time.monotonic()))
+        if self._http:
+            self._http.stop(max(0.1, deadline - time.monotonic()))
+        if self._executor:
+            self._executor.shutdown(wait=True)
+        self.manager.stop()
+
+    def serve_until_signalled(self):
+        """Serves until SIGTERM or SIGINT, then drains and stops (the command's main loop)."""
+        received = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda number, _frame: received.set())
+        received.wait()
+        logger.info("Signal received: draining (at most %.0f s)", self.options.drain_timeout_s)
+        self.stop()
+        logger.info("Stopped")
+
+    def describe(self):
+        """One line naming the models and the bound ports (scripts parse the ports)."""
+        models = ", ".join(f"{m.name} (versions {m.available()})" for m in self.manager.models())
+        rest = f", REST on {self.host}:{self.rest_port}" if self.rest_port else ""
+        return f"Serving {models}: gRPC on {self.host}:{self.grpc_port}{rest}"
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
-        self.stop()
+        self.stop(grace=1.0)

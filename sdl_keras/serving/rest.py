@@ -29,7 +29,7 @@ def _decode_value(value):
 def to_array(value, dtype):
     """A numpy array of `dtype` (np.object_ for strings) from a JSON tensor value."""
     value = _decode_value(value)
-    if dtype == np.object_:
+    if np.dtype(dtype) == np.object_:  # tf.string's numpy dtype is `object`
         array = np.array(value, dtype=object)
         if array.size and not all(isinstance(v, bytes) for v in array.flat):
             raise ValueError("expected strings or {'b64': ...} objects")

@@ -1,51 +1,44 @@
-"""The versions of one exported model, as a server holds them: TF Serving's latest-version
-policy over `<base_path>/<integer version>/` SavedModels, with request checking.
+"""One loaded version of an exported model, as a server holds it: its signatures, the
+checks every request goes through before it reaches the graph, optional server-side
+batching, and TF Serving's warmup replay.
 
-Protocol-free: the gRPC and REST front ends of `sdl_keras.serving.server` turn requests
-into numpy arrays and `ServingError`s into their status codes.
+Protocol-free: the gRPC and REST front ends turn requests into numpy arrays, and
+`ServingError`s into their status codes.
 """
 
 import dataclasses
 import logging
 import os
-import threading
+import time
 
 import grpc
+import numpy as np
 import tensorflow as tf
 
-from sdl_keras.saved_model import WARMUP_FILE, list_versions, read_saved_model
 from pipelines.decode import check_image, error_text, find_undecodable
+from sdl_keras.saved_model import WARMUP_FILE, read_saved_model
+from sdl_keras.serving import monitoring
+from sdl_keras.serving.batching import IMAGES, BatchScheduler
+from sdl_keras.serving.errors import ServingError, grpc_code, invalid
 
 logger = logging.getLogger(__name__)
 
-IMAGES = "images"
-
-
-class ServingError(Exception):
-    """A request the server refuses: `code` is the grpc.StatusCode to answer with."""
-
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def invalid(message):
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def not_found(message):
-    return ServingError(grpc.StatusCode.NOT_FOUND, message)
+# TF Serving reads at most this many warmup records (saved_model_warmup_util.cc).
+MAX_WARMUP_RECORDS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """What one request may hold. gRPC itself refuses messages over `max_request_bytes`
-    (RESOURCE_EXHAUSTED); the rest are checked per request (INVALID_ARGUMENT)."""
+    (RESOURCE_EXHAUSTED), the REST layer bodies over it (413); the rest are checked per
+    request, from each image's header before anything is decoded (INVALID_ARGUMENT)."""
 
     max_request_bytes: int = 64 << 20
     max_image_bytes: int = 16 << 20
     max_image_side: int = 8192
+    # A decoded image costs 3 bytes a pixel (and 4x that as the float32 resize input): 25
+    # megapixels, a 24 MP camera's photo, bound one image to about 375 MB while it is resized.
+    max_image_pixels: int = 25_000_000
     max_batch_size: int = 64
 
 
@@ -54,7 +47,7 @@ def _spec_text(spec):
 
 
 def read_signature_defs(saved_model_dir):
-    """The SavedModel's SignatureDef map (the proto TF Serving's GetModelMetadata returns)."""
+    """The SavedModel's SignatureDefMap (the proto TF Serving's GetModelMetadata returns)."""
     from tensorflow_serving.apis import get_model_metadata_pb2
 
     defs = get_model_metadata_pb2.SignatureDefMap()
@@ -63,15 +56,32 @@ def read_signature_defs(saved_model_dir):
     return defs
 
 
-class Servable:
-    """One loaded version of an exported model."""
+def _check_finite(key, array):
+    finite = np.isfinite(array)
+    if not finite.all():
+        where = np.argwhere(~finite)
+        first = tuple(int(i) for i in where[0])
+        raise invalid(f"Input {key!r} holds {len(where)} non-finite value(s) (NaN or infinity), the first "
+                      f"{array[first]} at {list(first)}; every value must be finite.")
 
-    def __init__(self, name, version, path, limits):
+
+class Servable:
+    """One loaded version: `predict(signature, {input: array})` -> {output: array}.
+
+    With `batching` (server_config.BatchingParameters), requests are batched per signature
+    (sdl_keras.serving.batching) after they pass their checks.
+    """
+
+    def __init__(self, name, version, path, limits=Limits(), batching=None):
         self.name, self.version, self.path, self.limits = name, version, path, limits
         self._loaded = tf.saved_model.load(path)
         self.signatures = dict(self._loaded.signatures)
         self.signature_defs = read_signature_defs(path)
         self.input_specs = {n: fn.structured_input_signature[1] for n, fn in self.signatures.items()}
+        self.batching = batching
+        self._batcher = None
+        if batching is not None:
+            self._batcher = BatchScheduler(batching, self.run, name=f"batch-{name}-{version}")
 
     def signature(self, name):
         name = name or "serving_default"
@@ -83,7 +93,7 @@ class Servable:
         return name
 
     def check_inputs(self, signature, inputs):
-        """Raises INVALID_ARGUMENT naming the input that does not fit the signature."""
+        """Raises INVALID_ARGUMENT naming the input that does not fit the signature or a limit."""
         specs = self.input_specs[signature]
         expected = ", ".join(f"{k} ({_spec_text(s)})" for k, s in sorted(specs.items()))
         unknown = sorted(set(inputs) - set(specs))
@@ -94,12 +104,15 @@ class Servable:
         for key, spec in specs.items():
             array = inputs[key]
             if spec.dtype == tf.string:
-                if array.dtype.kind not in "OS":
+                if array.dtype.kind not in "OS" or (array.dtype.kind == "O" and not all(
+                        isinstance(v, bytes) for v in array.flat)):
                     raise invalid(f"Input {key!r} must be DT_STRING (encoded image bytes), got {array.dtype}.")
             elif array.dtype != spec.dtype.as_numpy_dtype:
                 raise invalid(f"Input {key!r} must be {spec.dtype.name}, got {array.dtype}.")
             if not spec.shape.is_compatible_with(array.shape):
                 raise invalid(f"Input {key!r} must have shape {spec.shape.as_list()}, got {list(array.shape)}.")
+            if array.dtype.kind == "f":
+                _check_finite(key, array)
         images = inputs.get(IMAGES)
         if images is None:
             return
@@ -109,141 +122,73 @@ class Servable:
             raise invalid(f"Input 'images' holds {images.size} images, over the limit of {self.limits.max_batch_size}.")
         for index, data in enumerate(images):
             try:
-                check_image(data, self.limits.max_image_bytes, self.limits.max_image_side)
+                check_image(data, self.limits.max_image_bytes, self.limits.max_image_side, self.limits.max_image_pixels)
             except ValueError as error:
                 raise invalid(f"images[{index}] {error}.") from None
 
     def predict(self, signature, inputs, output_filter=()):
-        """Runs a signature on numpy inputs; returns {output name: numpy array}."""
+        """Checks and runs a request (batched with others when batching is on); returns
+        {output name: numpy array}."""
         signature = self.signature(signature)
         self.check_inputs(signature, inputs)
-        function = self.signatures[signature]
-        unknown = sorted(set(output_filter) - set(function.structured_outputs))
+        outputs = self.signatures[signature].structured_outputs
+        unknown = sorted(set(output_filter) - set(outputs))
         if unknown:
-            raise invalid(
-                f"output_filter names {unknown}, not outputs of signature {signature!r} "
-                f"(it has {sorted(function.structured_outputs)})."
-            )
+            raise invalid(f"output_filter names {unknown}, not outputs of signature {signature!r} "
+                          f"(it has {sorted(outputs)}).")
+        if self._batcher is not None and IMAGES in inputs:
+            results = self._batcher.submit(signature, inputs)
+        else:
+            results = self.run(signature, inputs)
+        return {k: v for k, v in results.items() if not output_filter or k in output_filter}
+
+    def run(self, signature, inputs):
+        """Runs a signature on checked numpy inputs, naming the image that fails to decode."""
         try:
-            outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
+            outputs = self.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
         except tf.errors.InvalidArgumentError as error:
             bad = find_undecodable(inputs[IMAGES]) if IMAGES in inputs else None
             if bad is not None:
                 raise invalid(f"images[{bad[0]}] cannot be decoded: {bad[1]}") from None
             raise invalid(error_text(error)) from None
-        return {k: v.numpy() for k, v in outputs.items() if not output_filter or k in output_filter}
+        except tf.errors.OpError as error:
+            raise ServingError(grpc_code(error.error_code), error_text(error)) from None
+        return {k: v.numpy() for k, v in outputs.items()}
 
     def warm_up(self):
-        """Replays the export's TF Serving warmup requests, so the version's first real
-        request does not pay for graph initialization."""
+        """Replays the version's TF Serving warmup requests (assets.extra/tf_serving_warmup_requests),
+        as TF Serving does before it reports the version AVAILABLE; a failing one fails the load.
+        Returns the number replayed."""
         path = os.path.join(self.path, WARMUP_FILE)
         if not os.path.exists(path):
             return 0
         from tensorflow_serving.apis import prediction_log_pb2
 
-        count = 0
-        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-            log = prediction_log_pb2.PredictionLog.FromString(record)
-            request = log.predict_log.request
-            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            self.predict(request.model_spec.signature_name, inputs)
-            count += 1
+        start, count, status = time.perf_counter(), 0, grpc.StatusCode.INTERNAL
+        try:
+            for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS + 1).as_numpy_iterator():
+                count += 1
+                if count > MAX_WARMUP_RECORDS:
+                    raise invalid(f"{path} holds more than {MAX_WARMUP_RECORDS} warmup records.")
+                log = prediction_log_pb2.PredictionLog.FromString(record)
+                if log.WhichOneof("log_type") != "predict_log":
+                    raise invalid(f"{path} record {count} is a {log.WhichOneof('log_type')}; this server replays "
+                                  "predict_log records.")
+                request = log.predict_log.request
+                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+                # As TF Serving: straight into the graph, unbatched and past the request limits (the file is
+                # the operator's), so each batch size the file holds runs once.
+                self.run(self.signature(request.model_spec.signature_name), inputs)
+            status = grpc.StatusCode.OK
+        except ServingError as error:
+            status = error.code
+            raise ServingError(error.code, f"Warmup request {count} of {path} failed: {error.message}") from None
+        finally:
+            monitoring.WARMUP_LATENCY.add(self.path, status.name, value=(time.perf_counter() - start) * 1e6)
         return count
 
-
-class VersionedModel:
-    """Serves the newest version under `base_path`, loading a new one without a restart.
-
-    A background thread polls the folder every `poll_seconds` (TF Serving's
-    --file_system_poll_wait_seconds); a newer version is loaded and warmed up before it
-    replaces the one in service, so requests never wait for a load. A version that fails
-    to load is reported by `status()` and skipped until its folder changes.
-    """
-
-    def __init__(self, name, base_path, limits=Limits(), poll_seconds=1.0):
-        self.name, self.base_path, self.limits = name, base_path, limits
-        self.poll_seconds = float(poll_seconds)
-        self._servable = None
-        self._failed = {}  # version -> (saved_model.pb mtime, error message)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = None
-        self.on_change = None  # called with the Servable after each swap
-
-    def _candidates(self):
-        versions = []
-        for version in list_versions(self.base_path):
-            pb = os.path.join(self.base_path, str(version), "saved_model.pb")
-            if os.path.exists(pb):
-                versions.append((version, os.path.getmtime(pb)))
-        return versions
-
-    def refresh(self):
-        """Loads the newest loadable version if it is not the one in service."""
-        current = self._servable.version if self._servable else None
-        for version, mtime in reversed(self._candidates()):
-            if version == current:
-                return
-            if self._failed.get(version, (None,))[0] == mtime:
-                continue
-            try:
-                servable = Servable(self.name, version, os.path.join(self.base_path, str(version)), self.limits)
-                servable.warm_up()
-            except Exception as error:  # any load failure leaves the current version serving
-                logger.error("Model %s version %d failed to load: %s", self.name, version, error)
-                self._failed[version] = (mtime, f"{type(error).__name__}: {error}")
-                continue
-            with self._lock:
-                self._servable = servable
-            self._failed.pop(version, None)
-            logger.info("Serving model %s version %d from %s", self.name, version, servable.path)
-            if self.on_change:
-                self.on_change(servable)
-            return
-
-    def start(self):
-        self.refresh()
-        self._thread = threading.Thread(target=self._poll, name=f"poll-{self.name}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-
-    def _poll(self):
-        while not self._stop.wait(self.poll_seconds):
-            try:
-                self.refresh()
-            except Exception:  # a polling error must not end the thread
-                logger.exception("Polling %s failed", self.base_path)
-
-    def servable(self, name, version=None):
-        """The servable for a request, or NOT_FOUND naming what is available."""
-        if name != self.name:
-            raise not_found(f"Servable not found for request: model {name!r} is not served (this server serves {self.name!r}).")
-        with self._lock:
-            servable = self._servable
-        if servable is None:
-            raise not_found(f"Servable not found for request: no version of model {self.name!r} is loaded (none under {self.base_path}).")
-        if version is not None and version != servable.version:
-            raise not_found(
-                f"Servable not found for request: model {self.name!r} version {version} is not available; "
-                f"version {servable.version} is served."
-            )
-        return servable
-
-    def status(self, version=None):
-        """[(version, state name, error message)] in TF Serving's ModelVersionStatus terms."""
-        with self._lock:
-            servable = self._servable
-        rows = [(v, "END", message) for v, (_, message) in self._failed.items()]
-        if servable is not None:
-            rows.append((servable.version, "AVAILABLE", ""))
-        if version is not None:
-            rows = [r for r in rows if r[0] == version]
-            if not rows:
-                raise not_found(f"Model {self.name!r} has no version {version} (known: {sorted(v for v, *_ in self.status())}).")
-        return sorted(rows)
-
+    def close(self):
+        """Stops the batch threads and drops the graph (its memory goes with the last reference)."""
+        if self._batcher is not None:
+            self._batcher.stop()
+        self.signatures, self._loaded = {}, None

@@ -16,12 +16,16 @@ import keras
 import numpy as np
 
 from sdl_keras import saving
-from sdl_keras.atomic import write_atomically, write_json_atomically
+from sdl_keras.atomic import write_json_atomically
 from sdl_keras.evaluation import evaluate_scores
 from sdl_keras.keras_compat import BackupHooks
 from sdl_keras.scoring import tag_scores
 
 logger = logging.getLogger(__name__)
+
+
+class BackupError(ValueError):
+    """A backup that training cannot resume from; the message names the file and says what to do."""
 
 
 class ZeroShotEvaluation(keras.callbacks.Callback):
@@ -48,10 +52,11 @@ class ZeroShotEvaluation(keras.callbacks.Callback):
         predict: images -> A; default `model.predict_on_batch` (under
             MultiWorkerMirroredStrategy use `distribute.local_predict_function`).
         sample_images: how many images `self.last` keeps for the dashboards.
+        empty_tags: how mAP counts a tag without a positive image (`evaluate_scores`).
     """
 
     def __init__(self, batches, vocabulary, ks=(3, 5), every_n_epochs=1, aggregation="max", predict=None,
-                 sample_images=8):
+                 sample_images=8, empty_tags="zero"):
         super().__init__()
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}.")
@@ -62,6 +67,7 @@ class ZeroShotEvaluation(keras.callbacks.Callback):
         self.aggregation = aggregation
         self.predict = predict
         self.sample_images = int(sample_images)
+        self.empty_tags = empty_tags
         self.last = None
 
     def evaluate(self):
@@ -85,7 +91,7 @@ class ZeroShotEvaluation(keras.callbacks.Callback):
         if not scores:
             raise ValueError("ZeroShotEvaluation: the validation batches are empty.")
         scores, labels = np.concatenate(scores), np.concatenate(labels)
-        results = evaluate_scores(scores, labels, self.vocabulary.unseen, self.ks)
+        results = evaluate_scores(scores, labels, self.vocabulary.unseen, self.ks, self.empty_tags)
         count = self.sample_images
         sample = {"labels": labels[:count], "scores": scores[:count], "row_wins": row_wins}
         if sample_images:
@@ -98,7 +104,7 @@ class ZeroShotEvaluation(keras.callbacks.Callback):
             return
         results, samples = self.evaluate()
         self.last = dict(samples, epoch=epoch, results=results)
-        figures = {f"val_{key}": float(value) for key, value in results.items() if not key.endswith("num_images")}
+        figures = {f"val_{key}": float(value) for key, value in results.items() if "/num_" not in key}
         if logs is not None:
             logs.update(figures)
         k = self.ks[0]
@@ -142,10 +148,17 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._seen_monitor = False
         if os.path.exists(self.state_path) and os.path.exists(self.filepath):
-            with open(self.state_path, encoding="utf-8") as f:
-                state = json.load(f)
-            if state.get("monitor") == self.monitor:
-                self.best = state["value"]
+            try:
+                with open(self.state_path, encoding="utf-8") as f:
+                    state = json.load(f)
+                best = float(state["value"]) if state.get("monitor") == self.monitor else None
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                raise BackupError(
+                    f"{self.state_path} is not valid ({type(error).__name__}: {error}): it records the score of "
+                    f"{self.filepath}. Delete it (the next evaluated epoch then replaces {self.filepath}), or restore it."
+                ) from None
+            if best is not None:
+                self.best = best
 
     def _improved(self, value):
         if self.best is None:
@@ -199,31 +212,64 @@ class BackupAndRestore(BackupHooks):
         super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint)
         self.write_dir = write_dir or backup_dir
 
+    def _cannot_resume(self, path, problem):
+        """A BackupError: `path` has `problem`, and what to do about it."""
+        others = sorted(name for name in os.listdir(self.backup_dir)
+                        if name.startswith("backup-step") and name != os.path.basename(path))
+        if not others:
+            earlier = ""
+        elif os.path.basename(path) == self.METADATA:
+            earlier = (f", or write a valid {self.METADATA} naming one of its backups ({', '.join(others)}; keys "
+                       "epoch, batch, step, weights)")
+        else:
+            earlier = f", or point its {self.METADATA} at another backup there ({', '.join(others)})"
+        return BackupError(
+            f"{path} {problem}: training cannot resume from {self.backup_dir}. Delete {self.backup_dir} to start the "
+            f"run over{earlier}."
+        )
+
     def restore(self):
         path = os.path.join(self.backup_dir, self.METADATA)
         if not os.path.exists(path):
             return
-        with open(path, encoding="utf-8") as f:
-            metadata = json.load(f)
-        weights = os.path.join(self.backup_dir, metadata["weights"])
+        try:
+            with open(path, encoding="utf-8") as f:
+                metadata = json.load(f)
+            weights = os.path.join(self.backup_dir, metadata["weights"])
+            epoch, step = int(metadata["epoch"]), int(metadata["step"])
+        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+            raise self._cannot_resume(path, f"is not valid backup metadata ({type(error).__name__}: {error})") from None
+        if not os.path.exists(weights):
+            raise self._cannot_resume(path, f"names the backup {weights}, which does not exist")
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(weights)
+        try:
+            self.model.load_weights(weights)
+        except (OSError, ValueError, KeyError) as error:  # h5py's truncated file; weights of another model
+            raise self._cannot_resume(weights, f"cannot be read ({type(error).__name__}: {error})") from None
         # Keras only sets its epoch counter at an epoch's end: a step backup written before
         # the first epoch end of a resumed run would otherwise record epoch 0.
-        self.resume_at(metadata["epoch"])
-        logger.info("Restored the backup %s: resuming at epoch %d (backup at step %d).", weights,
-                    metadata["epoch"] + 1, metadata["step"])
+        self.resume_at(epoch)
+        logger.info("Restored the backup %s: resuming at epoch %d (backup at step %d).", weights, epoch + 1, step)
 
     def backup(self):
+        """A new weights file, then the metadata naming it, then the older files removed. A
+        failed write (a full disk) removes what it wrote and raises an OSError saying that the
+        previous backup is intact."""
         os.makedirs(self.write_dir, exist_ok=True)
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         name = f"backup-step{step}.weights.h5"
-        write_atomically(os.path.join(self.write_dir, name), self.model.save_weights)
-        write_json_atomically(
-            os.path.join(self.write_dir, self.METADATA),
-            {"epoch": self.epoch, "batch": self.batch, "step": step, "weights": name},
-        )
+        path, metadata = os.path.join(self.write_dir, name), os.path.join(self.write_dir, self.METADATA)
+        try:
+            saving.save_weights(self.model, path)
+            write_json_atomically(metadata, {"epoch": self.epoch, "batch": self.batch, "step": step, "weights": name})
+        except OSError as error:
+            if os.path.exists(path):
+                os.remove(path)  # the metadata still names the previous backup
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            kept = ("the previous backup is intact, so rerunning the same command resumes from it"
+                    if os.path.exists(metadata) else "there is no earlier backup")
+            raise OSError(error.errno, f"Cannot write the training backup {path}: {reason}; {kept}.") from error
         for old in os.listdir(self.write_dir):
             if old.startswith("backup-step") and old != name:
                 os.remove(os.path.join(self.write_dir, old))
@@ -234,8 +280,9 @@ class BackupAndRestore(BackupHooks):
 
 
 class UnreadableImagesLogger(keras.callbacks.Callback):
-    """Logs, after each epoch, how many unreadable images the training pipeline dropped,
-    and adds the count to the epoch's logs (so to the History and TensorBoard)."""
+    """Logs, after each epoch, how many unreadable images (or TFRecord records: any
+    `pipelines.files.UnreadableImageCounter`) the training pipeline dropped, with where they
+    were, and adds the count to the epoch's logs (so to the History and TensorBoard)."""
 
     def __init__(self, counter):
         super().__init__()
@@ -247,5 +294,7 @@ class UnreadableImagesLogger(keras.callbacks.Callback):
         count, self._last = total - self._last, total
         if logs is not None:
             logs[self.counter.name] = count
+        detail = self.counter.detail() if total else ""
         log = logger.warning if count else logger.info
-        log("Epoch %d: %d unreadable image(s) skipped (%d in all).", epoch + 1, count, total)
+        log("Epoch %d: %d %s skipped (%d in all)%s.", epoch + 1, count, self.counter.what, total,
+            f": {detail}" if detail else "")

@@ -22,7 +22,8 @@ def load_vocabulary(data):
         if not getattr(data, field):
             raise ValueError(f"--{field} is empty: the vocabulary needs a tag list and vectors.")
     return TagVocabulary.from_files(
-        data.tags, data.word_vectors, data.unseen_tags or None, allow_pickle=data.allow_pickle
+        data.tags, data.word_vectors, data.unseen_tags or None, allow_pickle=data.allow_pickle,
+        vector_tags=data.word_vector_tags or None,
     )
 
 
@@ -48,7 +49,8 @@ class TrainingData:
     num_seen: int
     max_positives: int
     max_positives_from: str
-    # Counts the unreadable images the pipeline drops (pipelines.files), or None.
+    # Counts the unreadable images (pipelines.files) or TFRecord records
+    # (pipelines.tfrecord.records) the pipeline drops, or None.
     unreadable_images: object = None
 
 
@@ -73,6 +75,7 @@ def _file_training_data(config, vocabulary):
         drop_remainder=True,
         crop=data.crop,
         strict=data.strict,
+        decode_mode=data.decode_mode,
     )
     origin = "max_positives" if bound else "the labels"
     return TrainingData(dataset, len(train_images), labels.shape[1], max_positives, origin,
@@ -101,6 +104,8 @@ def _record_training_data(config, vocabulary, strategy):
                          "or convert the split again with the current pipelines.to_tfrecord.")
     else:
         max_positives, origin = max(recorded, 1), counted
+    # As unreadable image files: damaged shards are skipped and counted, or with strict an error.
+    unreadable = None if data.strict else records.UnreadableRecordCounter(record_set)
     dataset = records.training_dataset(
         record_set,
         vocabulary.seen,
@@ -111,8 +116,11 @@ def _record_training_data(config, vocabulary, strategy):
         seed=config.runtime.seed,
         strategy=strategy,
         crop=data.crop,
+        decode_mode=data.decode_mode,
+        unreadable=unreadable,
     )
-    return TrainingData(dataset, record_set.num_examples, len(vocabulary.seen), max_positives, origin)
+    return TrainingData(dataset, record_set.num_examples, len(vocabulary.seen), max_positives, origin,
+                        unreadable_images=unreadable)
 
 
 def training_data(config, vocabulary, strategy):
@@ -129,7 +137,8 @@ def validation_batches(config, vocabulary):
         return None
     data = config.data
     batches, count = split_batches(data.dataset, source, "test", vocabulary.tags, vocabulary.unseen_tags,
-                                   data.image_size, data.batch_size, data.crop)
+                                   data.image_size, data.batch_size, data.crop, data.decode_mode,
+                                   **({} if config.evaluation.validation_source else data.test_split_options()))
     logger.info("Zero-shot evaluation every %d epoch(s) on %d images of %s.", config.evaluation.eval_every, count,
                 source)
     return batches

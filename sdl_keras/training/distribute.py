@@ -24,7 +24,10 @@ XLA modes (`xla_mode`), measured in benchmarks/train_step.py:
                    input, variable updates outside clusters) to TensorFlow. The
                    XLA path that works under tf.distribute.
   off              no XLA.
-  auto             jit on one replica, auto_clustering on several.
+  auto             jit on one replica, auto_clustering on several; off when the
+                   model holds a layer XLA cannot compile (Keras' RandAugment, of
+                   --augmentation=official: its Equalization counts pixels with a
+                   bincount whose size XLA needs at compile time).
 The mode that runs is always logged; a mode that cannot run is an error, never a
 silent fall back.
 """
@@ -118,17 +121,27 @@ def _has_gpu():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def resolve_xla_mode(mode, strategy):
-    """The XLA mode (jit, auto_clustering or off) that `mode` means under `strategy`.
+def resolve_xla_mode(mode, strategy, without_xla=()):
+    """The XLA mode (jit, auto_clustering or off) that `mode` means under `strategy`, for a
+    model whose layers named in `without_xla` do not support XLA (`layers_without_xla`).
 
     Raises ValueError for a mode that cannot run: jit under a strategy with several
-    replicas, or auto-clustering on a CPU-only host without CPU_AUTO_CLUSTERING_FLAG.
+    replicas, jit or auto-clustering of a model with layers XLA cannot compile, or
+    auto-clustering on a CPU-only host without CPU_AUTO_CLUSTERING_FLAG.
     """
     if mode not in XLA_MODES:
         raise ValueError(f"Unknown XLA mode {mode!r}; choose one of {XLA_MODES}.")
     replicas = strategy.num_replicas_in_sync
     if mode == "auto":
-        mode = "jit" if replicas == 1 else "auto_clustering"
+        mode = "off" if without_xla else "jit" if replicas == 1 else "auto_clustering"
+    if mode != "off" and without_xla:
+        # Auto-clustering would compile them too: the clusters hold the whole replica step, and
+        # tf2xla fails at the first step that picks one (RandAugment's Equalization: "DenseBincount
+        # ... must be a compile-time constant").
+        raise ValueError(
+            f"xla_mode={mode}, but XLA cannot compile the model's layers {sorted(without_xla)}; "
+            "use xla_mode=auto or off (or --augmentation=crop_flip_cutout, which XLA compiles)."
+        )
     if mode == "jit" and replicas > 1:
         raise ValueError(
             f"xla_mode=jit cannot compile a step distributed over {replicas} replicas "
@@ -151,15 +164,21 @@ _XLA_DESCRIPTIONS = {
 }
 
 
+def layers_without_xla(layers):
+    """The names of the layers among `layers` (nested ones included) that do not support XLA."""
+    return sorted({inner.name for layer in layers for inner in [layer, *keras_compat.flatten_layers(layer)]
+                   if not inner.supports_jit})
+
+
 @contextlib.contextmanager
-def xla_mode(mode, strategy):
+def xla_mode(mode, strategy, without_xla=()):
     """Resolves `mode` (see `resolve_xla_mode`), logs it, and turns auto-clustering on for the
     duration when that is the mode. Yields the resolved mode; `model.compile` takes
     `jit_compile=(mode == "jit")`."""
-    resolved = resolve_xla_mode(mode, strategy)
+    resolved = resolve_xla_mode(mode, strategy, without_xla)
     logger.info(
-        "XLA mode: %s (requested %s, %d replica(s)).", _XLA_DESCRIPTIONS[resolved], mode,
-        strategy.num_replicas_in_sync,
+        "XLA mode: %s (requested %s, %d replica(s)%s).", _XLA_DESCRIPTIONS[resolved], mode,
+        strategy.num_replicas_in_sync, f"; layers without XLA: {', '.join(without_xla)}" if without_xla else "",
     )
     previous = tf.config.optimizer.get_jit()
     tf.config.optimizer.set_jit("autoclustering" if resolved == "auto_clustering" else False)

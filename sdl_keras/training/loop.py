@@ -11,6 +11,7 @@ import sys
 import keras
 import numpy as np
 
+from pipelines.tfrecord.records import raising_unreadable_shards
 from sdl_keras import saving
 from sdl_keras.run_dir import RunDirectory
 from sdl_keras.training import distribute
@@ -22,7 +23,7 @@ from sdl_keras.training.callbacks import (
 )
 from sdl_keras.training.dashboards import TensorBoardDashboards, hparams_of
 from sdl_keras.training.data import load_vocabulary, training_data, validation_batches
-from sdl_keras.training.model import build_compiled_model, resolve
+from sdl_keras.training.model import augmentation_layers, build_compiled_model, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def build_callbacks(config, model, vocabulary, validation, write_dir, strategy):
         evaluation = ZeroShotEvaluation(
             validation, vocabulary, ks=ks, every_n_epochs=evaluation_config.eval_every,
             aggregation=config.loss.aggregation, predict=predict, sample_images=evaluation_config.dashboard_images,
+            empty_tags=evaluation_config.empty_tags,
         )
         callbacks += [
             evaluation,
@@ -111,8 +113,9 @@ def train(config, callbacks=()):
     extra = [UnreadableImagesLogger(train_data.unreadable_images)] if train_data.unreadable_images else []
 
     xla_request = runtime.xla_mode if runtime.jit_compile else "off"
+    without_xla = distribute.layers_without_xla(augmentation_layers(config))
     with distribute.write_directory(runtime.output_dir, strategy) as write_dir, \
-            distribute.xla_mode(xla_request, strategy) as xla:
+            distribute.xla_mode(xla_request, strategy, without_xla) as xla:
         run = RunDirectory(write_dir)
         with strategy.scope():
             model = build_compiled_model(config, vocabulary, max_positives, steps * epochs, xla == "jit")
@@ -128,15 +131,16 @@ def train(config, callbacks=()):
             logger.info("%d BatchNormalization layer(s) use the global batch's statistics.", count)
         run.write_vocabulary(vocabulary)
         run.write_config(config)
-        history = model.fit(
-            train_data.dataset,
-            epochs=epochs,
-            steps_per_epoch=steps,
-            shuffle=False,  # the dataset shuffles
-            callbacks=[*build_callbacks(config, model, vocabulary, validation, write_dir, strategy), *extra,
-                       *callbacks],
-            verbose=fit_verbosity(runtime.verbose),
-        )
+        with raising_unreadable_shards():
+            history = model.fit(
+                train_data.dataset,
+                epochs=epochs,
+                steps_per_epoch=steps,
+                shuffle=False,  # the dataset shuffles
+                callbacks=[*build_callbacks(config, model, vocabulary, validation, write_dir, strategy), *extra,
+                           *callbacks],
+                verbose=fit_verbosity(runtime.verbose),
+            )
         final = {key: float(values[-1]) for key, values in history.history.items() if values}
         if not np.isfinite(final.get("loss", 0.0)):
             raise FloatingPointError(

@@ -1,15 +1,17 @@
 """The compiled model of a run: the SDL model (or a baseline's trainer) with SDLLoss over
-the seen tags, SDLMetrics, LossParts, and AdamW on a one-cycle cosine schedule."""
+the seen tags, SDLMetrics, LossParts, and Adam (weight decay on kernels only) on a
+one-cycle cosine schedule (sdl_keras.optimizers)."""
 
 import contextlib
 
 import keras
 
 from sdl_keras import methods
-from sdl_keras.layers import Augmentation
+from sdl_keras.layers import recipe_augmentation
 from sdl_keras.losses import SDLLoss
 from sdl_keras.metrics import LossParts, SDLMetrics
 from sdl_keras.models import build_sdl_model
+from sdl_keras.optimizers import OneCycleSchedule, SDLAdam
 
 
 def resolve(config):
@@ -19,30 +21,26 @@ def resolve(config):
 
 
 def learning_rate_schedule(optimizer_config, total_steps):
-    """One-cycle cosine: warm up from lr/25 to the maximum lr, then cosine down to ~0."""
-    warmup = int(optimizer_config.warmup_fraction * total_steps)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=optimizer_config.learning_rate / 25.0,
-        decay_steps=max(total_steps - warmup, 1),
-        alpha=1e-3,
-        warmup_target=optimizer_config.learning_rate,
-        warmup_steps=warmup,
-    )
+    """One-cycle cosine, as torch's OneCycleLR(pct_start=warmup_fraction): a cosine warm-up
+    from lr/25 to the maximum lr, then a cosine down to lr/25/1e4."""
+    return OneCycleSchedule(optimizer_config.learning_rate, total_steps, optimizer_config.warmup_fraction)
 
 
 def build_optimizer(config, total_steps):
-    """AdamW with decoupled weight decay, none on BatchNorm parameters and biases; with
-    `ema_momentum`, an exponential moving average of the weights (the official code
-    evaluates such an EMA model), which replaces the weights when training ends; under
-    float16, dynamic loss scaling."""
+    """Adam with weight decay on kernels only (not biases or normalization parameters),
+    decoupled or coupled (`weight_decay_mode`), beta_1 cycled with `cycle_momentum`; with
+    `ema_momentum`, an exponential moving average of the weights, which replaces the
+    weights when training ends (the official code leaves its EMA off); under float16,
+    dynamic loss scaling."""
     settings = config.optimizer
-    optimizer = keras.optimizers.AdamW(
+    optimizer = SDLAdam(
         learning_rate=learning_rate_schedule(settings, total_steps),
         weight_decay=settings.weight_decay,
+        decoupled_weight_decay=settings.weight_decay_mode == "decoupled",
+        cycle_momentum=settings.cycle_momentum,
         use_ema=settings.ema_momentum is not None,
         ema_momentum=settings.ema_momentum or 0.99,
     )
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     if config.runtime.precision == "mixed_float16":
         # float16 gradients underflow without it; bfloat16 has float32's exponent range.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -61,6 +59,14 @@ def precision_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
+def augmentation_layers(config):
+    """The layers in front of the model that augment training images: [] without --augment."""
+    model_config = config.model
+    if not model_config.augment:
+        return []
+    return [recipe_augmentation(model_config.augmentation, model_config.cutout_rate, config.runtime.seed)]
+
+
 def build_compiled_model(config, vocabulary, max_positives, total_steps, jit_compile=None):
     """The SDL model compiled with SDLLoss over the seen tags, SDLMetrics and LossParts.
 
@@ -73,19 +79,15 @@ def build_compiled_model(config, vocabulary, max_positives, total_steps, jit_com
     model_config, loss_config = config.model, config.loss
     jit_compile = config.runtime.jit_compile if jit_compile is None else jit_compile
     with precision_policy(config.runtime.precision):
-        augmentation = None
-        if model_config.augment:
-            augmentation = [
-                Augmentation(cutout_rate=model_config.cutout_rate, seed=config.runtime.seed, name="augmentation")
-            ]
         model = build_sdl_model(
             backbone=model_config.backbone,
             num_rows=model_config.num_rows,
             embed_dim=vocabulary.dim,
             image_size=config.data.image_size,
             backbone_weights=model_config.backbone_weights,
-            augmentation=augmentation,
+            augmentation=augmentation_layers(config),
             dropout=model_config.dropout,
+            head_bias=model_config.head_bias,
         )
         if methods.has_trainer(model_config.method):
             optimizer = build_optimizer(config, total_steps)

@@ -2,6 +2,7 @@
 
 import io
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -73,6 +74,15 @@ def test_header_checks_name_the_problem():
         decode.check_image(png, max_bytes=10, max_side=100)
     with pytest.raises(ValueError, match="is a 40x30 PNG image, over the limit of 39 pixels a side"):
         decode.check_image(png, max_bytes=10**6, max_side=39)
+    with pytest.raises(ValueError, match=rf"is a 40x30 PNG image of 1,200 pixels \({len(png):,} bytes\), over the "
+                                         "limit of 1,199 pixels"):
+        decode.check_image(png, max_bytes=10**6, max_side=40, max_pixels=1199)
+    # A header declaring 30000 x 30000 pixels: PIL's own bomb check refuses it before any decoding.
+    bomb = bytearray(testing.encode_image(testing.smooth_image((8, 8)), "PNG"))
+    bomb[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR's width and height, then its CRC
+    bomb[29:33] = zlib.crc32(bytes(bomb[12:29])).to_bytes(4, "big")
+    with pytest.raises(ValueError, match=r"is a decompression bomb \(\d+ bytes\): Image size \(900000000 pixels\)"):
+        decode.image_header(bytes(bomb))
     tiff, _ = testing.encoded_image("TIFF")
     with pytest.raises(ValueError, match="is a TIFF image; the model decodes only JPEG, PNG, GIF, BMP"):
         decode.image_header(tiff)
@@ -109,6 +119,27 @@ def test_decode_resize_fast_paths_match_a_full_decode(crop):
                 np.testing.assert_array_equal(out.numpy(), np.floor(reference(encoded, 64, crop) + 0.5))
     with pytest.raises(ValueError, match="crop must be one of"):
         decode.decode_resize(tf.constant(b""), 64, "random")
+
+
+
+@pytest.mark.parametrize("mode, pil_filter", [("pil_bilinear", "BILINEAR"), ("pil_bicubic", "BICUBIC")])
+def test_pil_modes_match_pil_on_the_reference_photos(mode, pil_filter):
+    """The official train.py resizes with PIL's bilinear filter, infer.py with its bicubic
+    default: each mode is within half a grey level of the filter it mirrors (and the fast
+    mode is not)."""
+    folder = testing.shared_path("reference", "images")
+    photos = [open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))]
+    decoded = decode.decode_images(tf.constant(photos), 224, "none", mode).numpy()
+    fast = decode.decode_images(tf.constant(photos), 224).numpy()
+    for data, ours, quick in zip(photos, decoded, fast):
+        with Image.open(io.BytesIO(data)) as image:
+            reference = np.asarray(image.convert("RGB").resize((224, 224), getattr(Image, pil_filter)), np.float32)
+        assert np.abs(ours - reference).mean() < 0.5
+        assert np.abs(quick - reference).mean() > 1.0
+    centred = decode.decode_images(tf.constant(photos[:1]), 32, "center", mode).numpy()
+    assert centred.shape == (1, 32, 32, 3) and np.array_equal(centred, np.round(centred))
+    with pytest.raises(ValueError, match="decode_mode must be one of"):
+        decode.decode_resize(tf.constant(photos[0]), 32, "none", "pil_lanczos")
 
 
 if __name__ == "__main__":

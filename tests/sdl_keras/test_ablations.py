@@ -7,36 +7,42 @@ import pytest
 
 from pipelines.readers.demo import DemoConfig, make_demo_dataset
 from sdl_keras import experiments as ablations
+from sdl_keras import paper
 from tests import testing
 
 CONFIGS = os.path.join(testing.REPO_ROOT, "configs")
 
 
-def test_every_ablation_flagfile_is_a_valid_training_config():
+def test_the_flagfiles_are_table_3s_trainable_columns():
     files = ablations.expand([os.path.join(CONFIGS, "ablation_*.flags")])
-    names = [ablations.ablation_name(path) for path in files]
-    assert set(names) == {"fast0tag", "l2_baseline", "sdw", "m2_reg", "m7_reg0.1", "m7_reg0.3"}
     switches = {}
     for path in files:
         config = ablations.config_from_flagfiles([os.path.join(CONFIGS, "demo.flags"), path])
         assert config.model.backbone == "small_cnn"  # from the base flagfile
         flat = config.flat()
-        switches[ablations.ablation_name(path)] = tuple(
-            flat[key] for key in ("num_rows", "aggregation", "diversity_weight", "reg_weight"))
-        assert ablations.ablation_description(path)
+        name = ablations.ablation_name(path)
+        switches[name] = tuple(flat[key] for key in ("num_rows", "aggregation", "diversity_weight", "reg_weight"))
+        # The first comment line is the column's description, opening with its paper label.
+        assert ablations.ablation_description(path).startswith(paper.TABLE3[name][0] + ": ")
     assert switches == {
-        "fast0tag": (1, "max", False, None),
-        "l2_baseline": (7, "l2", False, None),
-        "sdw": (7, "max", True, None),
-        "m2_reg": (2, "max", True, 0.3),
-        "m7_reg0.1": (7, "max", True, 0.1),
-        "m7_reg0.3": (7, "max", True, 0.3),
+        "impl": (1, "max", False, None),  # Fast0Tag in this framework
+        "base": (7, "l2", False, None),
+        "a": (1, "max", True, None),
+        "b": (2, "max", True, None),
+        "c": (2, "max", True, 0.1),
+        "d": (7, "max", True, 0.1),
+        "f": (7, "max", False, 0.3),
+        "ours": (7, "max", True, 0.3),
     }
+    # configs/ablations.flags runs every column but Orig, in the paper's order.
+    listed = [line for line in open(os.path.join(CONFIGS, "ablations.flags")) if line.startswith("--ablations=")]
+    order = [ablations.ablation_name(p) for p in listed[0].strip().split("=", 1)[1].split(",")]
+    assert ["orig", *order] == list(paper.TABLE3) and set(order) == set(switches)
 
 
 def test_overrides_win_and_missing_flagfiles_are_named(tmp_path):
     config = ablations.config_from_flagfiles(
-        [os.path.join(CONFIGS, "demo.flags"), os.path.join(CONFIGS, "ablation_sdw.flags")], ["--num_rows=3"]
+        [os.path.join(CONFIGS, "demo.flags"), os.path.join(CONFIGS, "ablation_b.flags")], ["--num_rows=3"]
     )
     assert config.model.num_rows == 3 and config.loss.diversity_weight
     with pytest.raises(FileNotFoundError, match="nothing.flags"):
@@ -54,18 +60,22 @@ def test_runner_trains_evaluates_and_writes_the_table(tmp_path):
         "--batch_size=32", "--epochs=1", "--steps_per_epoch=2", "--jit_compile=false", "--eval_every=0",
         "--verbose=0",
     ]
-    flagfiles = [os.path.join(CONFIGS, "ablation_fast0tag.flags"), os.path.join(CONFIGS, "ablation_m2_reg.flags")]
+    flagfiles = [os.path.join(CONFIGS, "ablation_impl.flags"), os.path.join(CONFIGS, "ablation_c.flags")]
     rows = ablations.run_ablations(flagfiles, os.path.join(CONFIGS, "demo.flags"), str(tmp_path / "runs"), overrides)
-    assert list(rows) == ["fast0tag", "m2_reg"]
+    assert list(rows) == ["impl", "c"]
     for name in rows:
         assert os.path.exists(tmp_path / "runs" / name / "model.keras")
         assert 0.0 < rows[name]["results"]["zsl/mAP"] <= 100.0
     table = ablations.markdown_table(rows).splitlines()
-    assert table[0].startswith("| Ablation | M | Aggregation | Diversity weight | Regularization | ZSL mAP")
-    assert table[2].startswith("| Fast0Tag | 1 | max | no | - | ")
-    assert table[3].startswith("| M=2 + regularization | 2 | max | yes | 0.3 | ")
-    assert f"{rows['m2_reg']['results']['gzsl/mAP']:.1f} |" in table[3]
-
+    assert table[0].startswith("| Column | Ablation | M | Aggregation | SDW | Regularization | ZSL mAP")
+    assert table[0].endswith("| paper ZS mAP | paper GZS mAP |")
+    # Orig, the paper's only; then each column's demo figures beside the paper's ZS / GZS mAP.
+    assert table[2].startswith("| Orig | Fast0Tag, its original implementation (paper only) |")
+    assert table[2].endswith("| - | - | - | - | 15.1 | 3.7 |")
+    assert table[3].startswith("| Impl. | Fast0Tag in this framework (M=1, no SDW, no regularization) | 1 | max | no | - |")
+    assert table[3].endswith("| 21.6 | 9.7 |")
+    assert table[4].startswith("| c | M=2 + SDW + regularization 0.1 | 2 | max | yes | 0.1 | ")
+    assert f"| {rows['c']['results']['gzsl/mAP']:.1f} |" in table[4] and table[4].endswith("| 23.8 | 11.0 |")
 
 if __name__ == "__main__":
     testing.run(__file__)

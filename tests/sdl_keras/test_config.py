@@ -15,6 +15,7 @@ from tests import testing
 def test_sections_and_flat_names():
     config = TrainConfig.from_flat(num_rows=3, augment=True, output_dir="runs/x", reg_weight=None, ks=[1, 5])
     assert (config.model.num_rows, config.model.augment, config.runtime.output_dir) == (3, True, "runs/x")
+    assert config.model.augmentation == "official"  # the recipe --augment applies
     assert config.loss.reg_weight is None and config.evaluation.ks == (1, 5)
     flat = config.flat()
     assert flat["num_rows"] == 3 and len(flat) == sum(len(dataclasses.fields(c)) for c in SECTIONS.values())
@@ -35,10 +36,11 @@ def test_config_json_round_trips_nested_and_reads_flat_legacy_files(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     assert set(saved) == set(SECTIONS) and saved["data"]["crop"] == "center"
     assert TrainConfig.load(tmp_path / "config.json") == config
-    legacy = {"num_rows": 2, "aggregation": "l2", "image_size": 48, "verbose": 1, "ks": [3]}
+    legacy = {"num_rows": 2, "aggregation": "l2", "image_size": 48, "verbose": 1, "ks": [3], "augment": True}
     (tmp_path / "old.json").write_text(json.dumps(legacy))
     old = TrainConfig.load(tmp_path / "old.json")
     assert (old.model.num_rows, old.loss.aggregation, old.runtime.verbose, old.evaluation.ks) == (2, "l2", "1", (3,))
+    assert old.model.augmentation == "crop_flip_cutout"  # the recipe `--augment` switched on
     (tmp_path / "bad.json").write_text(json.dumps({"model": {"num_rows": 2, "rows": 3}}))
     with pytest.raises(KeyError, match=r"bad.json: unknown key\(s\) \['rows'\] in section 'model'"):
         TrainConfig.load(tmp_path / "bad.json")

@@ -5,7 +5,6 @@ torch is a pinned requirement (requirements.txt): the .pth tests write real torc
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ from pipelines.text import read_lines
 from sdl_keras.layers import MatrixHead
 from sdl_keras.models import build_sdl_model, tresnet
 from tests import testing
+from tests.sdl_keras.torch_checkpoints import randomized, to_original_layout, to_torch, write_official_checkpoint
 
 MINI = ([1, 1, 1, 1], 0.125)
 
@@ -39,40 +39,6 @@ def assert_relative(actual, expected, tolerance=1e-4):
     assert error <= tolerance, f"relative error {error:.3g} > {tolerance}"
 
 
-def to_original_layout(state, prefix, flip_signs=True):
-    """timm layout -> the original TResNet/ASL/ZS_SDL layout, written independently of the converter.
-
-    Convs that stride through an anti-alias layer are `convN.0.0`/`convN.0.1` (with the
-    filter buffer `convN.1.op.filt`), others `convN.0`/`convN.1`; BatchNorms become
-    InPlaceABNs whose weight w holds |w| + 1e-5 = the BatchNorm weight (random signs).
-    """
-    rng = np.random.default_rng(0)
-    out = {}
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        match = re.fullmatch(r"body\.(.+)\.(conv|bn)\.(\w+)", key)
-        if match is None:
-            out[prefix + key.removeprefix("body.")] = value
-            continue
-        module, part, param = match.groups()
-        anti_aliased = re.fullmatch(r"layer2\.0\.conv1|layer[34]\.0\.conv2", module)
-        index = {"conv": 0, "bn": 1}[part]
-        name = f"{module}.0.{index}" if anti_aliased else f"{module}.{index}"
-        if part == "bn" and param == "weight":
-            value = (value - 1e-5) * (rng.choice([-1.0, 1.0], value.shape) if flip_signs else 1.0)
-            value = value.astype(np.float32)
-        out[f"{prefix}{name}.{param}"] = value
-        if anti_aliased and part == "conv":
-            blur = np.outer([1, 2, 1], [1, 2, 1]).astype(np.float32) / 16
-            out[f"{prefix}{module}.1.op.filt"] = np.tile(blur, (value.shape[0], 1, 1, 1))
-    return out
-
-
-def to_torch(state):
-    return {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state.items()}
-
-
 def mini_sdl_model(layers, width_factor, image_size, num_rows, embed_dim):
     """build_sdl_model's structure around a mini TResNet (uint8-range images -> A)."""
     features = tresnet.TResNet(
@@ -82,17 +48,6 @@ def mini_sdl_model(layers, width_factor, image_size, num_rows, embed_dim):
     x = keras.layers.Rescaling(1.0 / 255.0)(images)
     matrix = MatrixHead(num_rows, embed_dim)(features(x))
     return keras.Model(images, matrix)
-
-
-def randomized(model, seed=0):
-    """`model` (random kernels) with random BatchNorm parameters and statistics and biases too."""
-    rng = np.random.default_rng(seed)
-    for weight in model.weights:
-        if "gamma" in weight.path or "variance" in weight.path:
-            weight.assign(rng.uniform(0.5, 1.5, weight.shape).astype("float32"))
-        elif "beta" in weight.path or "mean" in weight.path or "bias" in weight.path:
-            weight.assign(rng.uniform(-0.2, 0.2, weight.shape).astype("float32"))
-    return model
 
 
 def assert_same_weights(a, b):
@@ -145,7 +100,7 @@ def test_official_zs_sdl_checkpoint(tmp_path):
     expected = flat.reshape(-1, embed_dim, num_rows).transpose(0, 2, 1)
     assert matrices.shape == (2, num_rows, embed_dim)
     assert_relative(matrices, expected)
-    np.testing.assert_array_equal(np.asarray(model.layers[-1].bias.value), 0.0)
+    assert model.layers[-1].bias is None  # bias-free, as the official Linear
 
     wrong = mini_sdl_model(list(golden["layers"]), float(golden["width_factor"]), 64, 2, embed_dim)
     with pytest.raises(convert.CheckpointMismatchError, match=r"'embedding.weight' has shape \(15, 512\).*M=2, d=5"):
@@ -284,11 +239,8 @@ def test_convert_official_checkpoint_for_build_sdl_model(tmp_path, tresnet_m_sou
     num_rows, embed_dim = 2, 6
     rng = np.random.default_rng(7)
     embedding = rng.normal(0, 0.02, (num_rows * embed_dim, 2048)).astype("float32")
-    state = convert.tresnet_state_dict(tresnet_m_source)
-    body = {k: v for k, v in to_original_layout(state, "", flip_signs=False).items() if not k.startswith("head.")}
     checkpoint = str(tmp_path / "NUS_mtresnet_224.pth")
-    torch.save({"model": to_torch({**body, "embedding.weight": embedding}), "num_classes": 3,
-                "idx_to_class": {0: "sky", 1: "lake", 2: "cat"}}, checkpoint)
+    write_official_checkpoint(checkpoint, convert.tresnet_state_dict(tresnet_m_source), embedding, ["sky", "lake", "cat"])
     output = str(tmp_path / "sdl.weights.h5")
     target, info = conversion.convert_checkpoint(
         checkpoint, output, image_size=64, num_rows=num_rows, embed_dim=embed_dim

@@ -8,7 +8,10 @@ from sdl_keras import evaluation
 from tests import testing
 
 
-@pytest.mark.parametrize("name", ["metrics_n400_c30", "metrics_n1000_c81"])
+GOLDENS = ["metrics_n400_c30", "metrics_n1000_c81", "metrics_n600_c40_empty_tags"]
+
+
+@pytest.mark.parametrize("name", GOLDENS)
 def test_matches_official_golden(name):
     golden = np.load(testing.shared_path("golden", f"{name}.npz"))
     ks = sorted({int(key[2:].split("_")[0]) for key in golden.files if key.startswith("P@")})
@@ -17,6 +20,21 @@ def test_matches_official_golden(name):
         for metric in ["mAP"] + [f"{m}@{k}" for k in ks for m in ("P", "R", "F1")]:
             assert results[f"{task}/{metric}"] == pytest.approx(float(golden[f"{metric}_{task}"]), abs=1e-3), (
                 task, metric)
+
+
+def test_tags_without_positives_count_zero_unless_skipped():
+    """The official mAP averages over every evaluated tag; "skip" averages over the tags
+    with a positive, which the golden's three empty tags (one unseen) inflate."""
+    golden = np.load(testing.shared_path("golden", "metrics_n600_c40_empty_tags.npz"))
+    scores, labels, unseen = golden["scores"], golden["labels"], golden["unseen"]
+    official = evaluation.evaluate_scores(scores, labels, unseen)
+    skipped = evaluation.evaluate_scores(scores, labels, unseen, empty_tags="skip")
+    assert (official["gzsl/num_empty_tags"], official["zsl/num_empty_tags"]) == (3, 1)
+    assert skipped["gzsl/mAP"] == pytest.approx(official["gzsl/mAP"] * 40 / 37)
+    assert skipped["zsl/mAP"] == pytest.approx(official["zsl/mAP"] * 10 / 9)
+    assert skipped["gzsl/P@3"] == official["gzsl/P@3"]  # only mAP depends on the rule
+    with pytest.raises(ValueError, match="empty_tags must be one of"):
+        evaluation.evaluate_scores(scores, labels, unseen, empty_tags="drop")
 
 
 def brute_force_ap(scores, labels):

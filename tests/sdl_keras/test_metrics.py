@@ -21,7 +21,7 @@ def streamed(metric, labels, A, batch=97):
     return {key: float(value) for key, value in metric.result().items()}
 
 
-@pytest.mark.parametrize("name", ["metrics_n400_c30", "metrics_n1000_c81"])
+@pytest.mark.parametrize("name", ["metrics_n400_c30", "metrics_n1000_c81", "metrics_n600_c40_empty_tags"])
 def test_streaming_figures_against_official_golden(name):
     golden = np.load(testing.shared_path("golden", f"{name}.npz"))
     A, T = as_matrices(golden["scores"])
@@ -33,6 +33,17 @@ def test_streaming_figures_against_official_golden(name):
                 assert results[f"{task}/{m}@{k}"] == pytest.approx(float(golden[f"{m}@{k}_{task}"]), abs=1e-3)
         # mAP is binned: the documented approximation, its error measured here.
         assert abs(results[f"{task}/mAP"] - float(golden[f"mAP_{task}"])) < 0.5
+
+
+def test_skipping_empty_tags_matches_evaluate_scores():
+    golden = np.load(testing.shared_path("golden", "metrics_n600_c40_empty_tags.npz"))
+    A, T = as_matrices(golden["scores"])
+    results = streamed(SDLMetrics(T, unseen=golden["unseen"], empty_tags="skip"), golden["labels"], A)
+    expected = evaluate_scores(golden["scores"], golden["labels"], golden["unseen"], empty_tags="skip")
+    for task in ("zsl", "gzsl"):
+        assert abs(results[f"{task}/mAP"] - expected[f"{task}/mAP"]) < 0.5
+        assert expected[f"{task}/mAP"] > float(golden[f"mAP_{task}"]) + 0.7  # skipping inflates it
+    assert testing.check_config_round_trip(SDLMetrics(T, empty_tags="skip")).empty_tags == "skip"
 
 
 def test_matches_evaluate_scores_with_unknown_labels_and_resets():

@@ -26,7 +26,7 @@ def test_a_complete_run_reads_back(tmp_path):
     assert run.missing() == [] and run.name == "run"
     model, vocabulary, config = run.load()
     assert model.output_shape == (None, 2, 4) and vocabulary.unseen_tags == ["c"]
-    assert run.decoding() == {"image_size": 16, "crop": "center"}
+    assert run.decoding() == {"image_size": 16, "crop": "center", "decode_mode": "fast"}
     run.write_results({"model": {"zsl/mAP": 1.0}})
     assert run.results_path.endswith("results.json")
 

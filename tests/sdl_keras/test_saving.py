@@ -23,6 +23,7 @@ from sdl_keras.methods.semantic_softmax import SemanticSoftmaxHead
 from sdl_keras.metrics import LossParts, SDLMetrics
 from sdl_keras.models.backbones import SavedModelLayer
 from sdl_keras.models.tresnet import BlurPool2D, SpaceToDepth
+from sdl_keras.optimizers import OneCycleSchedule, SDLAdam
 from tests import testing
 
 RNG = np.random.default_rng(0)
@@ -43,7 +44,8 @@ def _compiled_model(folder):
     vectors = RNG.standard_normal((6, 4)).astype("float32")
     model = _layer_model(MatrixHead(3, 4, name="head"), (5,))
     loss = SDLLoss(vectors, reg_weight=0.3, max_positives=3)
-    model.compile(optimizer="adam", loss=loss, metrics=[SDLMetrics(loss, ks=(1, 3)), LossParts(loss)])
+    optimizer = SDLAdam(OneCycleSchedule(1e-3, 20), weight_decay=1e-4, cycle_momentum=True)
+    model.compile(optimizer=optimizer, loss=loss, metrics=[SDLMetrics(loss, ks=(1, 3)), LossParts(loss)])
     features = RNG.standard_normal((4, 5)).astype("float32")
     model.fit(features, (RNG.random((4, 6)) < 0.4).astype("float32"), epochs=1, verbose=0)
     return model, features
@@ -76,6 +78,8 @@ EXAMPLES = {
     "SDLLoss": _compiled_model,
     "SDLMetrics": _compiled_model,
     "LossParts": _compiled_model,
+    "SDLAdam": _compiled_model,
+    "OneCycleSchedule": _compiled_model,
 }
 
 FRESH_PROCESS = """

@@ -1,10 +1,11 @@
 """The search command line (build, add, query) over an exported model, and the encoders and
-image sources it reads images with."""
+image sources it reads images with; concurrent adds take turns by the index's writer lock."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -35,11 +36,21 @@ def write_images(folder, count, seed):
     return paths
 
 
+def search_command(*args):
+    return [sys.executable, "-m", "sdl_keras.search", *args]
+
+
 def run_search(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "sdl_keras.search", *args], env=testing.python_env(), capture_output=True,
-        text=True, cwd=testing.REPO_ROOT, timeout=300,
-    )
+    return subprocess.run(search_command(*args), env=testing.python_env(), capture_output=True, text=True,
+                          cwd=testing.REPO_ROOT, timeout=300)
+
+
+def wait_for(condition, process, what, timeout=300):
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, f"ended before {what}"
+        assert time.time() < deadline, f"no {what}"
+        time.sleep(0.05)
 
 
 def test_command_line_builds_adds_and_queries(exported, tmp_path):
@@ -87,6 +98,12 @@ def test_command_line_builds_adds_and_queries(exported, tmp_path):
     assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
     assert "sdl_keras.search: error: No vector for tag(s) ['unicorn']: looked in the index's vocabulary" in unknown.stderr
     assert "cuInit" not in unknown.stderr  # quiet on a CPU-only host
+    # Word vectors given at query time are checked as at training time.
+    words = tmp_path / "wiki.vec"
+    words.write_text("2 3\nhorse 1 0 0\nzebra 0.1 nan 0.3\n")
+    bad = run_search("query", f"--index={index_dir}", "--tag=zebra", f"--word_vectors={words}")
+    assert bad.returncode == 1 and bad.stderr.splitlines()[-1] == (
+        f"sdl_keras.search: error: {words}:3: word 'zebra' has non-finite values ('nan', value 2 of 3).")
 
 
 def test_command_line_builds_adds_and_queries_a_milvus_collection(exported, tmp_path):
@@ -141,6 +158,9 @@ def test_manifest_and_tfrecord_sources(exported, tmp_path):
     manifest = str(tmp_path / "images.jsonl")
     write_manifest(manifest, [{"image": p, "tags": ["anything"], "id": f"m{i}"} for i, p in enumerate(paths)])
     assert search.manifest_items(manifest) == [(f"m{i}", p) for i, p in enumerate(paths)]
+    write_manifest(str(tmp_path / "twice.jsonl"), [{"image": p, "tags": [], "id": "m"} for p in paths[:2]])
+    with pytest.raises(ValueError, match=r"twice.jsonl: 1 image id\(s\) on more than one line: 'm' \(lines 1, 2\)"):
+        search.manifest_items(str(tmp_path / "twice.jsonl"))
 
     records = str(tmp_path / "test-00000-of-00001.tfrecord")
     with tf.io.TFRecordWriter(records) as writer:
@@ -154,6 +174,59 @@ def test_manifest_and_tfrecord_sources(exported, tmp_path):
     np.testing.assert_allclose(index.shards[0].matrices, encoder([d for _, d in items]), atol=1e-6)
     with pytest.raises(FileNotFoundError, match="No TFRecord files"):
         list(search.tfrecord_items(str(tmp_path / "missing-*")))
+    from tests.sdl_keras.training.test_records import damage
+
+    damage(records, 2)
+    with pytest.raises(ValueError, match=r"test-00000-of-00001.tfrecord: record 3 cannot be read \(corrupted record "
+                                         r"at \d+\): rewrite the file"):
+        list(search.tfrecord_items(str(tmp_path / "*.tfrecord")))
+
+
+def test_concurrent_adds_take_turns_and_never_remove_each_others_shards(exported, tmp_path):
+    model_path, _, _ = exported
+    index_dir = str(tmp_path / "index")
+    first = write_images(str(tmp_path / "first"), 2, seed=100)
+    search.index_images(index_dir, search.SavedModelEncoder(model_path), [(p, p) for p in first], create=True)
+    lock = os.path.join(index_dir, ".writer.lock")
+    # Writer A stalls on a FIFO after two batches: it holds the lock and has an unfinished shard.
+    a_images = write_images(str(tmp_path / "a"), 4, seed=200)
+    fifo = os.path.join(tmp_path, "a", "slow.png")
+    os.mkfifo(fifo)
+    env = testing.python_env()
+    a = subprocess.Popen(search_command("add", f"--index={index_dir}", "--batch_size=2", *a_images, fifo),
+                         env=env, cwd=testing.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    c_log = tmp_path / "c.log"
+    try:
+        unfinished = os.path.join(index_dir, "shard-00001")
+        wait_for(lambda: os.path.exists(os.path.join(unfinished, "ids.jsonl")) and open(lock).read().strip(), a,
+                 "unfinished shard")
+        assert open(lock).read() == f"{a.pid}\n"
+        # B fails at once, C waits for the lock (--lock_timeout).
+        c_images = write_images(str(tmp_path / "c"), 3, seed=300)
+        with open(c_log, "w") as log:
+            c = subprocess.Popen(search_command("add", f"--index={index_dir}", "--lock_timeout=600", *c_images),
+                                 env=env, cwd=testing.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+        b = run_search("add", f"--index={index_dir}", *write_images(str(tmp_path / "b"), 2, seed=400))
+        assert b.returncode == 1 and b.stderr.splitlines()[-1] == (
+            f"sdl_keras.search: error: {lock} is held by another writer (pid {a.pid}) changing {index_dir}: one "
+            "writer at a time. Rerun when it has finished, or pass --lock_timeout=SECONDS to wait for it.")
+        wait_for(lambda: f"Waiting for {lock}: another writer (pid {a.pid})" in c_log.read_text(), c, "wait")
+        assert os.listdir(unfinished) and a.poll() is None
+        # A goes on: its last image arrives.
+        with open(fifo, "wb") as f:
+            f.write(open(first[0], "rb").read())
+        a_out, a_err = a.communicate(timeout=300)
+        assert a.returncode == 0, a_err[-3000:]
+        assert c.wait(timeout=300) == 0, c_log.read_text()[-3000:]
+    finally:
+        for process in (a, locals().get("c")):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert "5 images added, 0 skipped, 7 in the index" in a_err
+    assert "3 images added, 0 skipped, 10 in the index" in c_log.read_text()
+    index = retrieval.RetrievalIndex.load(index_dir)
+    assert index.ids == first + a_images + [fifo] + c_images
+    assert sorted(n for n in os.listdir(index_dir) if n.startswith("shard-")) == [s.name for s in index.shards]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """COCO 2014 instances JSON with the real 48/17 split: which images each split keeps,
 their labels, and the errors."""
 
-import json
 import logging
 import os
 
@@ -12,6 +11,7 @@ from pipelines.readers import coco
 from pipelines.readers import load_split
 from pipelines.text import read_lines
 from tests import testing
+from tests.datasets import make_coco
 
 
 def real_split():
@@ -34,31 +34,6 @@ IMAGES = {
 }
 
 
-def make_coco(root, classes, name="train2014"):
-    """annotations/instances_NAME.json and NAME/ images, with COCO's non-contiguous ids."""
-    ids = {c: 1 + i + i // 10 for i, c in enumerate(classes)}
-    annotations = [
-        {"id": 100 * image + k, "image_id": image, "category_id": ids[c], "bbox": [0, 0, 1, 1]}
-        for image, objects in IMAGES.items()
-        for k, c in enumerate(objects)
-    ]
-    data = {
-        "images": [{"id": i, "file_name": f"COCO_{name}_{i:012d}.jpg", "width": 8, "height": 8}
-                   for i in sorted(IMAGES, reverse=True)],
-        "annotations": annotations,
-        "categories": [{"id": ids[c], "name": c, "supercategory": "x"} for c in classes],
-    }
-    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
-    os.makedirs(os.path.join(root, name), exist_ok=True)
-    path = os.path.join(root, "annotations", f"instances_{name}.json")
-    with open(path, "w") as f:
-        json.dump(data, f)
-    for i in IMAGES:
-        if i != 8:
-            open(os.path.join(root, name, f"COCO_{name}_{i:012d}.jpg"), "wb").write(b"\xff\xd8\xff jpeg")
-    return path
-
-
 def test_real_split_is_48_17_in_category_order():
     split, classes = real_split()
     seen, unseen = coco.read_zero_shot_split(split)
@@ -71,7 +46,7 @@ def test_real_split_is_48_17_in_category_order():
 def test_train_keeps_seen_only_images_and_test_seen_plus_unseen(tmp_path):
     split, classes = real_split()
     tags, unseen = coco.zero_shot_vocabulary(split, classes)
-    annotations = make_coco(str(tmp_path), classes)
+    annotations = make_coco(str(tmp_path), classes, IMAGES, missing=(8,))
     train, report = coco.read_coco(annotations, "train", tags, unseen)
     assert train.ids == ["1", "5"]
     assert report.missing == [os.path.join(str(tmp_path), "train2014", "COCO_train2014_000000000008.jpg")]
@@ -90,7 +65,7 @@ def test_train_keeps_seen_only_images_and_test_seen_plus_unseen(tmp_path):
 
 def test_tags_match_ignoring_case_and_underscores(tmp_path):
     _, classes = real_split()
-    annotations = make_coco(str(tmp_path), classes)
+    annotations = make_coco(str(tmp_path), classes, IMAGES, missing=(8,))
     images, _ = coco.read_coco(annotations, "train", ["Person", "tennis_racket", "car", "dog"], ["dog"])
     assert images.ids == ["1", "5", "7"] and images.labels[:, 0].tolist() == [1.0, 0.0, 1.0]
 
@@ -98,7 +73,7 @@ def test_tags_match_ignoring_case_and_underscores(tmp_path):
 def test_errors_name_the_problem(tmp_path, caplog):
     split, classes = real_split()
     tags, unseen = coco.zero_shot_vocabulary(split, classes)
-    annotations = make_coco(str(tmp_path), classes)
+    annotations = make_coco(str(tmp_path), classes, IMAGES, missing=(8,))
     with pytest.raises(ValueError, match="pass unseen_tags"):
         load_split("coco", annotations, "train", tags)
     with pytest.raises(KeyError, match="'unicorn'"):

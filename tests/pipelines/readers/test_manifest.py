@@ -1,4 +1,5 @@
-"""The generic manifest format: JSONL and CSV, partial annotation, unknown tag names."""
+"""The generic manifest format: JSONL and CSV, partial annotation, unknown tag names, and
+bad files: text that is not UTF-8 and repeated image ids are errors naming file and lines."""
 
 import json
 
@@ -53,6 +54,31 @@ def test_malformed_manifests_name_file_and_line(tmp_path):
         read_manifest(str(tmp_path / "nokey.jsonl"), TAGS)
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         read_manifest(str(tmp_path / "missing.jsonl"), TAGS)
+
+
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path):
+    good = json.dumps({"image": "a.png", "tags": ["red circle"]}).encode() + b"\n"
+    (tmp_path / "m.jsonl").write_bytes(good + b'{"image": "b.png", "tags": ["bl\xe9 square"]}\n')
+    with pytest.raises(ValueError) as error:
+        read_manifest(str(tmp_path / "m.jsonl"), TAGS)
+    assert str(error.value) == (f"{tmp_path}/m.jsonl:2: not UTF-8 text (byte 0xe9 at offset 74, in "
+                                r"""b'": "b.png", "tags": ["bl\xe9 square"]}'); save the file as UTF-8.""")
+    (tmp_path / "m.csv").write_bytes(b"\xef\xbb\xbfimage,tags\na.png,red circle\r\nb.png,gr\xfcn ring\r\n")
+    with pytest.raises(ValueError, match=r"m.csv:3: not UTF-8 text \(byte 0xfc at offset 40, in b.b.png,gr"):
+        read_manifest(str(tmp_path / "m.csv"), TAGS)
+
+
+def test_an_image_id_on_two_lines_is_an_error_naming_the_id_and_both_lines(tmp_path):
+    records = [("a.png", ["red circle"]), ("b.png", []), {"image": "c.png", "id": "a.png", "tags": []},
+               ("b.png", ["green ring"]), ("b.png", [])]
+    write_manifest(str(tmp_path / "m.jsonl"), records)
+    with pytest.raises(ValueError) as error:
+        read_manifest(str(tmp_path / "m.jsonl"), TAGS)
+    assert str(error.value) == (f"{tmp_path}/m.jsonl: 2 image id(s) on more than one line: 'a.png' (lines 1, 3); "
+                                "'b.png' (lines 2, 4, 5). Ids must be unique: give each record its own \"id\".")
+    write_manifest(str(tmp_path / "m.csv"), [("a.png", ["red circle"]), ("a.png", [])])
+    with pytest.raises(ValueError, match=r"m.csv: 1 image id\(s\) on more than one line: 'a.png' \(lines 2, 3\)"):
+        read_manifest(str(tmp_path / "m.csv"), TAGS)
 
 
 if __name__ == "__main__":

@@ -2,77 +2,24 @@
 labels from users' tags and ground truth, skipped missing and placeholder images, and
 errors that name the file and line."""
 
-import io
 import logging
 import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from pipelines.readers import nus_wide
 from pipelines.readers import load_split
 from pipelines.readers.image_files import check_image_files
 from pipelines.text import read_lines
 from tests import testing
+from tests.datasets import PLACEHOLDER, jpeg, make_nus_wide
 
 
 def real_vocabulary():
     tags = read_lines(testing.shared_path("reference", "nus_wide", "tags.txt"))
     unseen = read_lines(testing.shared_path("reference", "nus_wide", "unseen_tags.txt"))
     return tags, unseen
-
-
-def jpeg(seed, size=(12, 10)):
-    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "JPEG")
-    return out.getvalue()
-
-
-PLACEHOLDER = b"GIF89a photo unavailable placeholder bytes"
-
-
-def make_nus_wide(root, tags, unseen, num_train=14, num_test=4, seed=0):
-    """Writes a tiny NUS-WIDE in the official layout. Train images 0-9 are copies of one
-    placeholder, image 10 is missing; the rest are real JPEGs. Returns the tag matrix,
-    the ground truth {(concept, split): column} and the Flickr tag list."""
-    rng = np.random.default_rng(seed)
-    seen = [t for t in tags if t not in unseen]
-    # The real TagList1k holds 1000 tags: the 925 seen ones and 75 of the concepts.
-    flickr = list(rng.permutation(seen + unseen[:75]))
-    folders = ("actor", "zebra", "sunset")
-    names = [f"{folders[i % 3]}\\{i:04d}_{1000 + i}.jpg" for i in range(num_train + num_test)]
-    train, test = names[:num_train], names[num_train:]
-    for folder in ("ImageList", "NUS_WID_Tags", "ConceptsList", "Groundtruth/TrainTestLabels"):
-        os.makedirs(os.path.join(root, folder), exist_ok=True)
-
-    def write(relative, lines, newline="\r\n"):
-        with open(os.path.join(root, relative), "w", encoding="utf-8", newline="") as f:
-            f.write(newline.join(lines) + newline)
-
-    order = rng.permutation(len(names))  # Imagelist's order differs from the split lists'
-    write("ImageList/Imagelist.txt", [f"C:\\ImageData\\Flickr\\{names[i]}" for i in order])
-    write("ImageList/TrainImagelist.txt", train)
-    write("ImageList/TestImagelist.txt", test)
-    write("NUS_WID_Tags/TagList1k.txt", flickr, "\n")
-    write("ConceptsList/Concepts81.txt", unseen)
-    matrix = (rng.random((len(names), len(flickr))) < 0.02).astype(int)
-    write("NUS_WID_Tags/AllTags1k.txt", ["\t".join(map(str, matrix[i])) + "\t" for i in order])
-    truth = {}
-    for split, listed in (("Train", train), ("Test", test)):
-        for concept in unseen:
-            column = (rng.random(len(listed)) < 0.3).astype(int)
-            truth[concept, split] = column
-            write(f"Groundtruth/TrainTestLabels/Labels_{concept}_{split}.txt", [f"{v} " for v in column])
-    for k, name in enumerate(names):
-        path = os.path.join(root, "Flickr", *name.split("\\"))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if k == 10:
-            continue
-        with open(path, "wb") as f:
-            f.write(PLACEHOLDER if k < 10 else jpeg(k))
-    return matrix, truth, flickr, names
 
 
 def test_zero_shot_vocabulary_is_the_official_925_81(tmp_path):

@@ -10,24 +10,10 @@ import pytest
 from pipelines.readers import open_images
 from pipelines.readers import load_split
 from tests import testing
-
-HEADER = "ImageID,Source,LabelName,Confidence\n"
-
+from tests.datasets import HEADER, write_labels
 
 def classes_dir():
     return os.path.dirname(testing.shared_path("reference", "open_images", "classes-trainable.txt"))
-
-
-def write_labels(folder, split, rows, images=True):
-    """SPLIT-annotations-human-imagelabels.csv and the images it names in SPLIT/."""
-    os.makedirs(os.path.join(folder, split), exist_ok=True)
-    path = os.path.join(folder, f"{split}-annotations-human-imagelabels.csv")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(HEADER + "".join(f"{i},verification,{m},{c}\n" for i, m, c in rows))
-    if images:
-        for image_id in {r[0] for r in rows}:
-            open(os.path.join(folder, split, f"{image_id}.jpg"), "wb").write(b"\xff\xd8\xff")
-    return path
 
 
 def test_real_class_lists_give_7186_seen_and_400_unseen():

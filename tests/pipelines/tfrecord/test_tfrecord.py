@@ -231,6 +231,10 @@ def test_command_line_converts_a_manifest_and_writes_the_tag_lists(tmp_path):
     assert refused.returncode == 1
     assert "unseen.txt: 1 unseen tag(s) not in the tag list (e.g. ['bird'])" in refused.stderr
     assert "Traceback" not in refused.stderr
+    # A tag listed twice would leave a label column empty: an error naming its lines.
+    (tmp_path / "twice.txt").write_text("cat\ndog\ncat\n")
+    with pytest.raises(ValueError, match=r"twice.txt: 1 tag\(s\) listed more than once: 'cat' \(lines 1, 3\)"):
+        conversion.split_vocabulary("manifest", str(tmp_path / "m.jsonl"), str(tmp_path / "twice.txt"))
 
 
 def test_open_images_labels_stream_into_records_sparse(tmp_path):

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import torch
 
 from sdl_keras.layers import MatrixHead
 from sdl_keras.scoring import tag_scores
@@ -11,12 +12,24 @@ from tests import testing
 
 def test_matrix_head_is_a_linear_map_viewed_as_rows():
     features = np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32)
-    head = MatrixHead(3, 5)
+    head = MatrixHead(3, 5, use_bias=True)
     A = keras.ops.convert_to_numpy(head(features))
     assert A.shape == (4, 3, 5)
     flat = features @ keras.ops.convert_to_numpy(head.kernel) + keras.ops.convert_to_numpy(head.bias)
     # Row-major (M, d): row m holds outputs m*d ... m*d + d - 1.
     np.testing.assert_allclose(A, flat.reshape(4, 3, 5), rtol=1e-6)
+
+
+def test_default_head_is_the_official_bias_free_linear():
+    """torch's Linear(F, M * d, bias=False): kaiming_uniform(a=sqrt(5)), U(-1/sqrt(F), 1/sqrt(F))."""
+    head = MatrixHead(7, 300)
+    head.build((None, 2048))
+    kernel = keras.ops.convert_to_numpy(head.kernel)
+    bound = 1 / np.sqrt(2048)
+    assert head.bias is None and np.abs(kernel).max() <= bound
+    assert kernel.std() == pytest.approx(bound / np.sqrt(3), rel=0.01)  # a uniform's std
+    reference = torch.nn.Linear(2048, 2100, bias=False).weight.detach().numpy()
+    assert kernel.std() == pytest.approx(reference.std(), rel=0.01) and np.abs(reference).max() <= bound
 
 
 def test_matrix_head_serializes_saves_and_fits(tmp_path):

@@ -1,11 +1,12 @@
 """`search build --runner=DirectRunner`: the Beam build on two worker processes gives the
 index the one-process build gives (the same ids, matrices within float tolerance, the same
-query results), reports unreadable images as the one-process build does, and writes to a
-Milvus collection (here from TFRecords)."""
+query results), reports unreadable images as the one-process build does, writes to a
+Milvus collection (here from TFRecords), and holds the index's writer lock."""
 
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def photos(tmp_path_factory):
     single, added, skipped = encoding.build(str(root / "single"), *encoding.image_items([str(folder)]), model=model,
                                             vocabulary=str(root / "vocabulary.npz"), batch_size=4, shard_size=5)
     assert (added, len(skipped)) == (12, 2)
-    return {"root": root, "common": common, "single": single}
+    return {"root": root, "common": common, "single": single, "model": model}
 
 
 def by_id(index):
@@ -113,6 +114,30 @@ def test_milvus_lite_refuses_several_worker_processes(photos):
     beam.check_runner(f"milvus:{photos['root']}/x.db#x", PipelineOptions(["--runner=DirectRunner"]))
     beam.check_runner(str(photos["root"] / "x"), PipelineOptions(MULTI_PROCESSING))
     assert not os.path.exists(photos["root"] / "x")
+
+
+def test_a_beam_build_is_kept_out_by_another_writer_before_it_starts(photos):
+    from sdl_keras.retrieval import beam
+    from sdl_keras.retrieval.lock import IndexLockedError, WriterLock
+
+    directory = str(photos["root"] / "locked")
+    held, release = threading.Event(), threading.Event()
+
+    def other_writer():
+        with WriterLock(directory):
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    held.wait()
+    try:
+        with pytest.raises(IndexLockedError, match="one writer at a time"):
+            beam.build(directory, ["--runner=DirectRunner"], [str(photos["root"] / "photos")], model=photos["model"])
+    finally:
+        release.set()
+        thread.join()
+    assert os.listdir(directory) == [".writer.lock"]  # no index, no shard
 
 
 if __name__ == "__main__":

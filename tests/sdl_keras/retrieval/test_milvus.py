@@ -1,17 +1,23 @@
 """The Milvus backend on milvus-lite: with a FLAT index it answers as exact local search (ids,
 scores, dominant rows) for one-tag and multi-tag queries, on random matrices and on the demo
 index; it stores the vocabulary and its settings in the collection; and an add killed halfway
-leaves the collection queryable, its partial entities ignored and then deleted."""
+leaves the collection queryable, its partial entities ignored and then deleted; one writer
+at a time (the collection's writer lease, kept out as by a directory's writer lock)."""
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from sdl_keras.retrieval import MilvusIndex, MilvusOptions, Query, build_index, open_index, tag_query
+from sdl_keras.retrieval.lock import IndexLockedError
+from sdl_keras.retrieval.milvus import WRITER_PROPERTY
 from tests import testing
 from tests.sdl_keras.retrieval import demo_index
 
@@ -161,6 +167,53 @@ def test_a_killed_add_leaves_the_collection_queryable(tmp_path):
     assert index.add([(["new-0-0", "late"], more)]) == 2
     assert index._count("add_id >= 0") == 52 * 3 and len(index) == 52
     np.testing.assert_array_equal(index.matrices(["new-0-0"])[0], more[0])
+    index.close()
+
+
+def test_a_writer_kept_out_by_a_live_lease_fails_or_waits_and_consumes_nothing(tmp_path):
+    uri = str(tmp_path / "leased.db")
+    rng = np.random.default_rng(2)
+    index = MilvusIndex.create(uri, "leased", 2, 4)
+    consumed = []
+
+    def batches(ids):
+        consumed.append(ids)
+        yield ids, rng.standard_normal((len(ids), 2, 4)).astype(np.float32)
+
+    def lease(pid, host=socket.gethostname(), expires=None):
+        record = {"pid": pid, "host": host, "token": "other", "expires": expires or time.time() + 600}
+        index.client.alter_collection_properties("leased", properties={WRITER_PROPERTY: json.dumps(record)})
+
+    # Another live writer of this host (a process standing in for it) holds the lease.
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        lease(holder.pid)
+        with pytest.raises(IndexLockedError) as error:
+            index.add(batches(["a"]))
+        assert str(error.value) == (
+            f"milvus:{uri}#leased is held by another writer (pid {holder.pid} on {socket.gethostname()}): one writer "
+            "at a time. Rerun when it has finished, or pass --lock_timeout=SECONDS to wait for it.")
+        index.lock_timeout = 0.3
+        start = time.monotonic()
+        with pytest.raises(IndexLockedError, match=r"waited 0\.[3-9] s for it"):
+            index.add(batches(["a"]))
+        assert time.monotonic() - start >= 0.3 and not consumed
+    finally:
+        holder.kill()
+        holder.wait()
+    # Its process has exited: the lease is stale at once, the add goes ahead and drops it.
+    assert index.add(batches(["a"])) == 1 and consumed == [["a"]]
+    assert WRITER_PROPERTY not in index.client.describe_collection("leased")["properties"]
+    # Another host's writer: live until its lease expires.
+    lease(12345, host="elsewhere", expires=time.time() + 600)
+    with pytest.raises(IndexLockedError, match="pid 12345 on elsewhere"):
+        index.add(batches(["b"]))
+    lease(12345, host="elsewhere", expires=time.time() - 1)
+    stale = MilvusIndex.open(uri, "leased")  # opened before the next add commits
+    assert index.add(batches(["b"])) == 1 and sorted(index.ids) == ["a", "b"]
+    # Its writer reads the collection as it now is: the add it missed is kept.
+    assert stale.add(batches(["c"])) == 1 and sorted(stale.ids) == ["a", "b", "c"]
+    stale.close()
     index.close()
 
 

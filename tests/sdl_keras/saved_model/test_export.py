@@ -1,5 +1,6 @@
 """Export: the CLI, the three signatures, parity with the Keras model, the graph's ops,
-saved_model_cli, versions and the TF Serving deployment files."""
+saved_model_cli, versions and the TF Serving deployment files (models.config, batching and
+monitoring configs, the warmup requests)."""
 
 import os
 import subprocess
@@ -139,28 +140,38 @@ def test_saved_model_cli_shows_and_runs_serving_default(exported, loaded, tmp_pa
 
 
 def test_deployment_files(exported):
+    """models.config, batching_parameters.txt and monitoring.config, read as the server reads them."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
+
+    from sdl_keras.serving import server_config
 
     with open(exported["base"] / "models.config") as f:
         config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
     (model,) = config.model_config_list.config
     assert (model.name, model.base_path, model.model_platform) == ("tiny", "/models/tiny", "tensorflow")
     assert list(model.model_version_policy.specific.versions) == [1, 2]
-    with open(exported["base"] / "batching_parameters.txt") as f:
-        lines = f.read().splitlines()
-    assert "max_batch_size { value: 32 }" in lines and len(lines) == 4
+    batching = server_config.read_batching_parameters(str(exported["base"] / "batching_parameters.txt"))
+    assert (batching.max_batch_size, batching.batch_timeout_micros, batching.num_batch_threads) == (32, 2000, 4)
+    assert batching.allowed_batch_sizes == export.ALLOWED_BATCH_SIZES == (1, 2, 4, 8, 16, 32)
+    assert server_config.read_monitoring_config(str(exported["base"] / "monitoring.config")) == \
+        "/monitoring/prometheus/metrics"
 
 
-def test_warmup_request_is_a_valid_predict_log(exported, loaded):
+def test_warmup_covers_every_signature_at_every_allowed_batch_size(exported, loaded):
     from tensorflow_serving.apis import prediction_log_pb2
 
     path = exported["base"] / "1" / export.WARMUP_FILE
-    (record,) = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
-    request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
-    assert (request.model_spec.name, request.model_spec.signature_name) == ("tiny", "serving_default")
-    out = loaded.signatures["serving_default"](images=tf.constant(tf.make_ndarray(request.inputs["images"])))
-    assert out["tags"].shape == (1, tiny.TOP_K)
+    requests = [prediction_log_pb2.PredictionLog.FromString(r).predict_log.request
+                for r in tf.data.TFRecordDataset(str(path)).as_numpy_iterator()]
+    seen = [(r.model_spec.signature_name, tf.make_ndarray(r.inputs["images"]).shape[0]) for r in requests]
+    assert seen == [(s, n) for s in ("serving_default", "matrix", "score_tags") for n in export.ALLOWED_BATCH_SIZES]
+    for request in requests:
+        assert request.model_spec.name == "tiny"
+        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
+        assert all(v.shape[0] == inputs["images"].shape[0] for v in outputs.values())
+    assert tf.make_ndarray(requests[-1].inputs["tag_vectors"]).shape == (8, tiny.EMBED_DIM)
 
 
 def test_bad_inputs_fail_inside_the_graph(loaded):

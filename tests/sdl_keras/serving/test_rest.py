@@ -65,6 +65,8 @@ def test_responses_in_both_formats_and_back():
         ({"inputs": [{"b64": "***"}]}, IMAGE_INPUTS, "input 'images': invalid base64"),
         ({"inputs": [{"b64": "AA==", "x": 1}]}, IMAGE_INPUTS, "must be {'b64': ...}"),
         ({"inputs": [1, 2]}, IMAGE_INPUTS, "input 'images': expected strings"),
+        ({"instances": [1.5]}, {"images": object}, "input 'images': expected strings"),  # tf.string's numpy dtype
+        ({"instances": [None]}, IMAGE_INPUTS, "input 'images': expected strings"),
         ({"inputs": {"images": [], "tag_vectors": [["a"]]}}, SCORE_INPUTS, "input 'tag_vectors': cannot be read as float32"),
     ],
 )

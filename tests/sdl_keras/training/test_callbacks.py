@@ -1,12 +1,18 @@
 """Zero-shot evaluation during training, atomic checkpoints and backups, and a training
 run killed with SIGKILL and restarted: it resumes from its last backup, ends at the same
-epoch count, with final metrics close to an uninterrupted run."""
+epoch count, with final metrics close to an uninterrupted run. Damaged backups name the
+file and what to do; a disk that fills up during a backup ends the run with the error,
+the earlier backup intact."""
 
+import errno
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import keras
@@ -208,6 +214,148 @@ def test_backup_and_restore_resumes_at_the_interrupted_epoch(tmp_path):
     assert int(model.optimizer.iterations.numpy()) == 6 + 8
     assert sorted(os.listdir(backup)) == ["backup-step6.weights.h5", "training_metadata.json"], "backup changed"
     assert not os.path.exists(elsewhere), "a completed run keeps its backup"
+
+
+def interrupted_backup(tmp_path):
+    """(x, y, backup folder) of a run killed (by an error) after 6 steps, backed up every step."""
+    x = np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)
+    y = np.random.default_rng(1).standard_normal((32, 3)).astype(np.float32)
+    backup = str(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        small_model().fit(x, y, batch_size=8, epochs=3, verbose=0,
+                          callbacks=[callbacks.BackupAndRestore(backup, save_freq=1), StopAt(epoch=1, batch=1)])
+    return x, y, backup
+
+
+def test_a_truncated_backup_or_invalid_metadata_names_the_file_and_what_to_do(tmp_path):
+    x, y, backup = interrupted_backup(tmp_path)
+    weights, metadata = os.path.join(backup, "backup-step6.weights.h5"), os.path.join(backup, "training_metadata.json")
+
+    def resume():
+        small_model().fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[callbacks.BackupAndRestore(backup)])
+
+    data = open(weights, "rb").read()
+    open(weights, "wb").write(data[: len(data) // 2])
+    with pytest.raises(callbacks.BackupError) as error:
+        resume()
+    assert re.match(re.escape(f"{weights} cannot be read (OSError: Unable to ") + r"(synchronously )?open file "
+                    r"\(truncated file: eof = \d+", str(error.value)), str(error.value)
+    assert str(error.value).endswith(f": training cannot resume from {backup}. Delete {backup} to start the run over.")
+    # A second backup file beside it (a kill between writing one and removing the other) is offered.
+    shutil.copy(weights, os.path.join(backup, "backup-step5.weights.h5"))
+    with pytest.raises(callbacks.BackupError, match=r"Delete .*backup to start the run over, or point its "
+                                                     r"training_metadata.json at another backup there "
+                                                     r"\(backup-step5.weights.h5\)\."):
+        resume()
+    open(metadata, "w").write('{"epoch": 1, "batch": 1, "st')
+    with pytest.raises(callbacks.BackupError) as error:
+        resume()
+    assert str(error.value).startswith(f"{metadata} is not valid backup metadata (JSONDecodeError: Unterminated string")
+    assert str(error.value).endswith("or write a valid training_metadata.json naming one of its backups "
+                                     "(backup-step5.weights.h5, backup-step6.weights.h5; keys epoch, batch, step, "
+                                     "weights).")
+    open(metadata, "w").write('{"epoch": 1}')
+    with pytest.raises(callbacks.BackupError, match=r"is not valid backup metadata \(KeyError: 'weights'\)"):
+        resume()
+    # As the message says: without the backup folder the run starts over.
+    shutil.rmtree(backup)
+    resume()
+
+    model = small_model()
+    checkpoint = callbacks.BestModelCheckpoint(str(tmp_path / "best.keras"))
+    model.save(tmp_path / "best.keras")
+    (tmp_path / "best.keras.json").write_text('{"monitor": "val_zsl/mAP", "value": ')
+    checkpoint.set_model(model)
+    with pytest.raises(callbacks.BackupError, match=r"best.keras.json is not valid \(JSONDecodeError: .*\): it records "
+                                                     r"the score of .*best.keras. Delete it"):
+        checkpoint.on_train_begin()
+
+
+def can_mount_tmpfs():
+    """Whether this process may mount a tmpfs (root, not refused by the container)."""
+    folder = tempfile.mkdtemp()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", folder], capture_output=True)
+        return mounted.returncode == 0 and subprocess.run(["umount", folder]).returncode == 0
+    except OSError:  # no mount command
+        return False
+    finally:
+        os.rmdir(folder)
+
+
+# Writes of h5py raise ENOSPC once the file FULL exists, as on a full disk (where mounting is refused).
+SIMULATED_FULL_DISK = """
+import errno, os, sys
+import h5py
+create_dataset = h5py.Group.create_dataset
+
+def full_disk(self, *args, **kwargs):
+    if os.path.exists(os.environ["FULL"]):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return create_dataset(self, *args, **kwargs)
+
+h5py.Group.create_dataset = full_disk
+from sdl_keras import train
+train.run()
+"""
+
+
+@pytest.mark.parametrize("disk", ["tmpfs" if can_mount_tmpfs() else "simulated_enospc_as_mounting_is_refused"])
+def test_a_disk_filling_up_during_a_backup_ends_with_the_error_and_keeps_the_earlier_backup(demo, tmp_path, disk):
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    full = str(tmp_path / "full")
+    command = train_command(demo, str(folder / "run"))
+    command[command.index("--backup_steps=2")] = "--backup_steps=1"
+    if disk == "tmpfs":
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(folder)], check=True)
+    else:
+        command[1:3] = ["-c", SIMULATED_FULL_DISK]
+    try:
+        process = subprocess.Popen(command, env=testing.python_env(FULL=full), cwd=testing.REPO_ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        backup = folder / "run" / "backup"
+        deadline = time.time() + 300
+        while not (backup / "training_metadata.json").exists():
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.02)
+        # The disk fills up after the first backup, leaving room to start the next one's file:
+        # its write fails midway, as on a disk that fills during the write.
+        if disk == "tmpfs":
+            with open(folder / "filler", "wb") as f:
+                with pytest.raises(OSError, match="No space left"):
+                    while True:
+                        f.write(bytes(1 << 16))
+                f.truncate(max(f.tell() - (1 << 20), 0))
+        else:
+            open(full, "w").close()
+        output, _ = process.communicate(timeout=300)
+        # Before: the ENOSPC error, then a segmentation fault (exit status 139) as h5py flushed
+        # the file Keras had left open.
+        assert process.returncode == 1, output[-3000:]
+        error = [line for line in output.splitlines() if line.startswith("sdl_keras.train: error:")]
+        assert len(error) == 1 and "Traceback" not in output, output[-3000:]
+        metadata = json.loads((backup / "training_metadata.json").read_text())
+        assert error[0].startswith(f"sdl_keras.train: error: [Errno {errno.ENOSPC}] Cannot write the training backup "
+                                   f"{backup}/backup-step{metadata['step'] + 1}.weights.h5: No space left on device; "
+                                   "the previous backup is intact, so rerunning the same command resumes from it.")
+        assert sorted(os.listdir(backup)) == [f"backup-step{metadata['step']}.weights.h5", "training_metadata.json"]
+        # The earlier backup restores into the run's model.
+        from sdl_keras.config import TrainConfig
+        from sdl_keras.run_dir import RunDirectory
+        from sdl_keras.training.model import build_compiled_model
+
+        run = RunDirectory(folder / "run")
+        model = build_compiled_model(TrainConfig.load(run.config_path), run.vocabulary(), max_positives=2,
+                                     total_steps=16)
+        restore = callbacks.BackupAndRestore(str(backup))
+        restore.set_model(model)
+        restore.restore()
+        assert int(model.optimizer.iterations.numpy()) == metadata["step"]
+    finally:
+        if disk == "tmpfs":
+            subprocess.run(["umount", str(folder)], check=True)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 
 from pipelines.readers.demo import DemoConfig, make_demo_dataset
 from pipelines.environment import CPU_AUTO_CLUSTERING_FLAG
+from sdl_keras.layers import recipe_augmentation
 from sdl_keras.training import distribute
 from tests import testing
 
@@ -100,6 +101,20 @@ def test_xla_mode_resolution(monkeypatch):
     monkeypatch.setenv("TF_XLA_FLAGS", "")
     with pytest.raises(ValueError, match="tf_xla_cpu_global_jit"):
         distribute.resolve_xla_mode("auto", FakeStrategy(2))
+
+
+def test_the_official_augmentation_trains_without_xla(monkeypatch):
+    # Keras' RandAugment fails in XLA (jit and auto-clustering alike) at the first step
+    # that picks Equalization; the paper flagfiles' xla_mode=auto must not compile it.
+    monkeypatch.setenv("TF_XLA_FLAGS", CPU_AUTO_CLUSTERING_FLAG)
+    official = distribute.layers_without_xla([recipe_augmentation("official")])
+    assert "random_rotation" in official  # one of RandAugment's ops
+    assert distribute.layers_without_xla([recipe_augmentation("crop_flip_cutout")]) == []
+    assert distribute.resolve_xla_mode("auto", FakeStrategy(1), official) == "off"
+    assert distribute.resolve_xla_mode("auto", FakeStrategy(2), official) == "off"
+    for mode in ("jit", "auto_clustering"):
+        with pytest.raises(ValueError, match=rf"xla_mode={mode}, but XLA cannot compile .*random_rotation"):
+            distribute.resolve_xla_mode(mode, FakeStrategy(1), official)
 
 
 def test_select_strategy_checks_tf_config(monkeypatch):

@@ -1,5 +1,6 @@
 """It must learn: a few steps on the demo data lower the loss and rank unseen tags
-above chance; and the train and evaluate command lines run end to end."""
+above chance; and the train and evaluate command lines run end to end. Bad vectors and
+manifests stop training before it starts, naming file, line and what was found."""
 
 import json
 import os
@@ -76,6 +77,57 @@ def test_unreadable_training_images_are_counted_each_epoch_or_with_strict_an_err
         training.train(config.replace(strict=True, output_dir=str(tmp_path / "strict")))
 
 
+def edited_copy(path, folder, edit):
+    """A copy of a text file in `folder` with its lines changed by `edit(lines)` (bytes)."""
+    copy = os.path.join(folder, os.path.basename(path))
+    with open(path, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    with open(copy, "wb") as f:
+        f.writelines(edit(lines))
+    return copy
+
+
+def replace_value(line, index, value):
+    """A .vec line with its value `index` (from 0) replaced."""
+    word, *values = line.split(b" ")
+    values[index] = value
+    return b" ".join([word, *values]).rstrip(b"\n") + b"\n"
+
+
+def test_bad_word_vectors_and_manifests_stop_training_at_load_naming_file_and_line(demo, tmp_path):
+    _, files = demo
+    # The word-vector file of the demo: line 2 is "red ..." (line 1 the header).
+    nan = edited_copy(files["words.vec"], tmp_path, lambda lines: [lines[0], replace_value(lines[1], 1, b"nan"),
+                                                                    *lines[2:]])
+    train = subprocess.run(
+        [sys.executable, "-m", "sdl_keras.train", f"--flagfile={testing.REPO_ROOT}/configs/demo.flags",
+         f"--train_source={files['train.jsonl']}", f"--test_source={files['test.jsonl']}", f"--tags={files['tags.txt']}",
+         f"--word_vectors={nan}", f"--unseen_tags={files['unseen_tags.txt']}", f"--run_dir={tmp_path / 'nan'}"],
+        env=testing.python_env(), capture_output=True, text=True, cwd=testing.REPO_ROOT, timeout=300,
+    )
+    assert train.returncode == 1 and "Traceback" not in train.stderr, train.stderr[-3000:]
+    assert train.stderr.splitlines()[-1] == (
+        f"sdl_keras.train: error: {nan}:2: word 'red' has non-finite values ('nan', value 2 of 64).")
+    assert not os.path.exists(tmp_path / "nan")
+
+    os.makedirs(tmp_path / "abc")
+    abc = edited_copy(files["words.vec"], tmp_path / "abc", lambda lines: [*lines[:3], replace_value(lines[3], 0, b"abc"),
+                                                                            *lines[4:]])
+    with pytest.raises(ValueError, match=rf"^{abc}:4: word 'blue' has a value that is not a number: 'abc'\.$"):
+        training.train(demo_config(files, str(tmp_path / "run"), word_vectors=abc))
+    # Manifests: a byte that is not UTF-8, and an image listed twice.
+    latin1 = edited_copy(files["train.jsonl"], tmp_path, lambda lines: [*lines[:4], lines[4].replace(b'"tags"', b'"t\xe4gs"'),
+                                                                        *lines[5:]])
+    with pytest.raises(ValueError, match=rf"^{latin1}:5: not UTF-8 text \(byte 0xe4 at offset \d+, in b'.*t\\xe4gs"):
+        training.train(demo_config(files, str(tmp_path / "run"), train_source=latin1))
+    os.makedirs(tmp_path / "twice")
+    twice = edited_copy(files["train.jsonl"], tmp_path / "twice", lambda lines: [*lines, lines[2]])
+    image = json.loads(open(files["train.jsonl"]).readlines()[2])["image"]
+    with pytest.raises(ValueError, match=rf"^{twice}: 1 image id\(s\) on more than one line: '{image}' \(lines 3, 769\)"):
+        training.train(demo_config(files, str(tmp_path / "run"), train_source=twice))
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_compiled_model_saves_with_its_loss_and_metrics(tmp_path):
     vocabulary = TagVocabulary(["a b", "c d", "e f", "g h"], np.random.default_rng(0).standard_normal((4, 8)), [3])
     config = TrainConfig.from_flat(backbone="small_cnn", image_size=16, num_rows=2, reg_weight=0.1, jit_compile=False)
@@ -123,7 +175,8 @@ def test_command_lines_train_then_evaluate(demo, tmp_path):
     assert "| ZSL  |" in evaluate.stdout and "random scores" in evaluate.stdout
     with open(os.path.join(run_dir, "results.json")) as f:
         results = json.load(f)
-    assert set(results) == {"model", "random"} and "zsl/F1@1" in results["model"]
+    assert set(results) == {"model", "random", "settings"} and "zsl/F1@1" in results["model"]
+    assert results["settings"]["empty_tags"] == "zero"  # the official mAP, recorded
     assert np.isfinite(results["model"]["gzsl/mAP"])
 
 

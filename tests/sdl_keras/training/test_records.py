@@ -2,9 +2,11 @@
 seen and unseen tags is converted, then trained on without a label matrix in memory.
 Steps come from the conversion's counts, the loss's positives bound from its statistics,
 only the seen columns reach the loss, and a vocabulary other than the records' is an
-error naming the file."""
+error naming the file. A damaged shard is skipped and counted, or with --strict an error
+naming it; rerunning its conversion rewrites it."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -259,6 +261,55 @@ def test_unseen_positives_in_training_records_are_refused(data, tmp_path):
     dataset = record_sets.training_dataset(records, list(range(8)), [], 32, 16, max_positives=1)
     with pytest.raises(tf.errors.InvalidArgumentError, match="more seen positives than max_positives=1"):
         next(iter(dataset))
+
+
+def damage(path, record):
+    """Flips a byte in the middle of record `record` (from 0) of a TFRecord file, as a bad disk
+    block would: its checksum no longer matches."""
+    data, offset = bytearray(open(path, "rb").read()), 0
+    for _ in range(record):
+        offset += 16 + int.from_bytes(data[offset : offset + 8], "little")  # length, its CRC, data, data CRC
+    data[offset + 12 + int.from_bytes(data[offset : offset + 8], "little") // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+def test_a_damaged_shard_is_skipped_and_counted_or_with_strict_an_error_naming_it(data, tmp_path, caplog):
+    damaged = copy_records(data, tmp_path / "damaged")
+    shard = os.path.join(damaged, "train-00001-of-00004.tfrecord")
+    damage(shard, 2)
+    config = records_config(data, str(tmp_path / "run"), train_source=damaged, test_source="", epochs=2,
+                            steps_per_epoch=2)
+    with caplog.at_level(logging.WARNING):
+        _, history, _ = training.train(config)
+    # TFRecordDataset cannot read past a damaged record: 8 of the shard's 10 are lost each pass.
+    counts = history.history["unreadable_records"]
+    assert len(counts) == 2 and counts[0] >= 8 and all(c % 8 == 0 for c in counts), counts
+    assert (f"Epoch 1: {counts[0]} unreadable TFRecord record(s) skipped ({counts[0]} in all): "
+            f"train-00001-of-00004.tfrecord (8 of its 10 records a pass) in {damaged}: delete the shard and rerun "
+            f"the pipelines.to_tfrecord command that wrote it (python -m pipelines.to_tfrecord --split=train "
+            f"--output_dir={damaged} ...): it resumes, writing only the missing shards.") in caplog.text
+
+    # With --strict, training ends at the first damaged record (sdl_keras.train prints the
+    # message as "sdl_keras.train: error: ...", exit status 1), and the evaluation never skips.
+    with pytest.raises(record_sets.UnreadableShardError) as error:
+        training.train(config.replace(strict=True, output_dir=str(tmp_path / "strict")))
+    assert str(error.value) == (
+        f"{shard}: record 3 cannot be read (corrupted or truncated; the conversion wrote 10 records): delete the "
+        f"shard and rerun the pipelines.to_tfrecord command that wrote it (python -m pipelines.to_tfrecord "
+        f"--split=train --output_dir={damaged} ...): it resumes, writing only the missing shards.")
+    record_set = record_sets.open_record_set(damaged, "train")
+    with pytest.raises(record_sets.UnreadableShardError, match="train-00001-of-00004.tfrecord: record 3 cannot be"):
+        with record_sets.raising_unreadable_shards():
+            list(record_sets.evaluation_batches(record_set, 32, BATCH))
+
+    # As the message says: the conversion, rerun, writes the deleted shard again, and only it.
+    others = {name: os.path.getmtime(os.path.join(damaged, name)) for name in os.listdir(damaged) if "-0000" in name}
+    os.remove(shard)
+    convert(damaged, "train", data["train_labels"], 0, num_shards=4)
+    assert all(os.path.getmtime(os.path.join(damaged, name)) == mtime for name, mtime in others.items()
+               if name != os.path.basename(shard))
+    labels = np.concatenate([y for _, y in record_sets.evaluation_batches(record_set, 32, BATCH).as_numpy_iterator()])
+    assert sorted(map(tuple, labels)) == sorted(map(tuple, data["train_labels"]))
 
 
 def test_mirrored_strategy_reads_per_replica_batches(data, tmp_path):
