@@ -150,36 +150,42 @@ def data_batches():
     return image_batches(np.random.default_rng(FLAGS.seed + 1), concepts, FLAGS.images, FLAGS.num_rows)
 
 
-def build(directory):
-    """Writes the index and its ScaNN searchers; returns the build's table rows and times."""
-    generating = [0.0]
+class TimedBatches:
+    """`data_batches()`, counting the seconds spent generating them (left out of build times)."""
 
-    def generated():
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __iter__(self):
         batches = data_batches()
         while True:
             start = time.perf_counter()
             batch = next(batches, None)
-            generating[0] += time.perf_counter() - start
+            self.seconds += time.perf_counter() - start
             if batch is None:
                 return
             yield batch
 
+
+def build(directory):
+    """Writes the index and its ScaNN searchers; returns the build's table rows and times."""
+    generated = TimedBatches()
     index = retrieval.RetrievalIndex.create(directory, FLAGS.num_rows, FLAGS.dim, FLAGS.dtype, overwrite=True)
     memory = PeakMemory()
-    _, total = timed(index.add, generated(), FLAGS.shard_size)
+    _, total = timed(index.add, iter(generated), FLAGS.shard_size)
     options = retrieval.ScannOptions(leaves_fraction=FLAGS.leaves_fraction)
     _, scann_time = timed(index.build_searchers, options)
     anonymous, mapped = memory.stop()
     shards = f"{len(index.shards)} shards of {FLAGS.shard_size:,} images"
     rows = [
-        ("build: write matrices + ids", f"{total - generating[0]:.1f} s",
-         f"generating them took {generating[0]:.1f} s more"),
+        ("build: write matrices + ids", f"{total - generated.seconds:.1f} s",
+         f"generating them took {generated.seconds:.1f} s more"),
         ("build: ScaNN searchers", f"{scann_time:.1f} s",
          f"{shards}, leaves sqrt(rows), {options.leaves_fraction:.0%} searched"),
         ("build: peak memory", f"{anonymous:.2f} GiB",
          f"own (anonymous); plus up to {mapped:.2f} GiB file-backed (mapped matrices, libraries)"),
     ]
-    return rows, {"exact": total - generating[0], "scann": total - generating[0] + scann_time}
+    return rows, {"exact": total - generated.seconds, "scann": total - generated.seconds + scann_time}
 
 
 def recall(found, exact):
@@ -232,21 +238,10 @@ def milvus_backend(index_type, queries, exact_all, folder):
     start = time.perf_counter()
     index = MilvusIndex.create(os.path.join(folder, f"{index_type.lower()}.db"), "bench", FLAGS.num_rows, FLAGS.dim,
                                MilvusOptions(index_type, params, search_params))
-    generating = [0.0]
-
-    def generated():
-        batches = data_batches()
-        while True:
-            started = time.perf_counter()
-            batch = next(batches, None)
-            generating[0] += time.perf_counter() - started
-            if batch is None:
-                return
-            yield batch
-
-    index.add(generated())  # one add: inserts, a flush and the commit
+    generated = TimedBatches()
+    index.add(iter(generated))  # one add: inserts, a flush and the commit
     index.search(queries[0], FLAGS.k)  # the first search waits for the index
-    build_time = time.perf_counter() - start - generating[0]
+    build_time = time.perf_counter() - start - generated.seconds
     peak = memory.stop()[0]
     k, n = FLAGS.k, len(queries)
     found, batched = timed(index.search_batch, list(queries), k)
