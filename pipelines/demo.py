@@ -16,6 +16,8 @@ def define_flags():
     flags.DEFINE_string("out_dir", "data/demo", "Folder to write the demo dataset to.")
     flags.DEFINE_integer("num_train", DemoConfig.num_train, "Training images.")
     flags.DEFINE_integer("num_test", DemoConfig.num_test, "Test images.")
+    flags.DEFINE_integer("num_validation", DemoConfig.num_validation, "Validation images, drawn like the test "
+                         "images and labelled for the seen tags only (0 = no validation split).")
     flags.DEFINE_integer("image_size", DemoConfig.image_size, "Image side in pixels.")
     flags.DEFINE_integer("max_objects", DemoConfig.max_objects, "Objects per image, at most.")
     flags.DEFINE_integer("embed_dim", DemoConfig.embed_dim, "Word-vector size.")
@@ -28,7 +30,7 @@ def main(argv):
     from pipelines.readers.demo import DemoConfig, make_demo_dataset
 
     config = DemoConfig(FLAGS.num_train, FLAGS.num_test, FLAGS.image_size, FLAGS.max_objects, FLAGS.embed_dim,
-                        FLAGS.seed)
+                        FLAGS.seed, FLAGS.num_validation)
     bars = {}
 
     def progress(split, done, total):

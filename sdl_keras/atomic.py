@@ -1,5 +1,5 @@
 """Writes that a killed process never leaves half done: the new file appears whole, in one
-rename, or the previous one stays."""
+rename, or the previous one stays; and reading those JSON files back."""
 
 import json
 import os
@@ -29,3 +29,12 @@ def write_json_atomically(path, value, sort_keys=True):
             os.fsync(f.fileno())
 
     write_atomically(path, write)
+
+
+def read_json(path):
+    """The JSON value in `path`; a file that is not JSON is a ValueError naming it."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from None

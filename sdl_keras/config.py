@@ -3,7 +3,7 @@ that reads the run (evaluate, export, tag, search, calibrate) reads back from it
 config.json. Plain dataclasses: no Keras, no TensorFlow.
 
 A `TrainConfig` is nested by concern (data, model, loss, optimizer, runtime,
-evaluation); each field carries its command-line help beside it. Field names are
+evaluation, calibration); each field carries its command-line help beside it. Field names are
 unique across the sections, so the command line stays flat (`--num_rows`, `--augment`,
 `--output_dir`, ...): `TrainConfig.from_flat`, `flat` and `replace` translate.
 
@@ -20,6 +20,8 @@ import json
 import typing
 from typing import Optional
 
+from sdl_keras.atomic import read_json
+
 # Names other modules register implementations under (sdl_keras.methods,
 # sdl_keras.training.distribute); kept here so a config validates without importing them.
 METHODS = ("sdl", "fast0tag", "l2", "conse", "semantic_softmax")
@@ -31,6 +33,9 @@ DECODE_MODES = ("fast", "pil_bilinear", "pil_bicubic")  # pipelines.decode.MODES
 COCO_TEST_FILES = ("instances", "restricted")  # pipelines.readers.coco.TEST_FILES
 AGGREGATIONS = ("max", "l2")
 NORMALIZATIONS = ("official", "paper")
+# sdl_keras.calibration's names, kept here so a config validates without importing it.
+CALIBRATION_METHODS = ("platt", "temperature", "isotonic")
+UNSEEN_POOLINGS = ("score", "rank")
 VERBOSITY = ("auto", "0", "1", "2")
 AUGMENTATIONS = ("official", "crop_flip_cutout")  # sdl_keras.layers.augmentation.RECIPES
 WEIGHT_DECAY_MODES = ("decoupled", "coupled")
@@ -186,7 +191,7 @@ class RuntimeConfig:
     seed: int = _field(0, "Random seed of shuffling, augmentation and initialization.")
     output_dir: str = _field(
         "runs/sdl", "Run directory (--run_dir is the same flag): model.keras, best.keras, vocabulary.npz, "
-        "config.json, metrics.json, logs/.")
+        "config.json, metrics.json, calibration.json, logs/.")
     verbose: str = _field(
         "auto", "Keras' fit verbosity: 0, 1 (a progress bar), 2 (one line per epoch); auto = 1 on a terminal, "
         "else 2.", VERBOSITY)
@@ -200,13 +205,41 @@ class RuntimeConfig:
 class EvaluationConfig:
     """The zero-shot evaluation during training."""
 
-    validation_source: str = _field("", "Zero-shot evaluation data during training; empty = test_source.")
+    validation_fraction: float = _field(
+        0.1, "Fraction of the training images held out as the validation split (which images: fixed by --seed), "
+        "not trained on. The validation split is what the zero-shot evaluation during training, the best-model "
+        "checkpoint and the calibration use; never the test set. 0 = none. Not carved from --dataset=tfrecord "
+        "(streamed): give --validation_source.")
+    validation_source: str = _field(
+        "", "Validation data instead of a fraction of the training data (its test split, read like "
+        "--test_source); empty = the held-out --validation_fraction.")
     eval_every: int = _field(1, "Run the zero-shot evaluation every N epochs (0 = never).")
     dashboard_images: int = _field(8, "Validation images shown with their top tags in TensorBoard.")
     ks: tuple = _field((3, 5), "K values of P/R/F1@K.")
     empty_tags: str = _field(
         "zero", "How mAP counts a test tag without a positive image: zero (AP 0, averaged over every evaluated "
         "tag, as the official evaluation) or skip (left out of the mean). Recorded in results.json.", EMPTY_TAGS)
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+    """Probabilities and thresholds fitted on the validation split (sdl_keras.calibration)."""
+
+    calibrate: bool = _field(
+        False, "Fit the calibration on the validation split when training ends (as python -m sdl_keras.calibrate "
+        "does) and write calibration.json into the run directory.")
+    calibration_method: str = _field(
+        "platt", "Seen tags' score -> probability map: platt (sigmoid(a s + b) per tag), temperature "
+        "(sigmoid(s / T)) or isotonic.", CALIBRATION_METHODS)
+    unseen_pooling: str = _field(
+        "rank", "The unseen tags' shared map, fitted on the seen tags' pairs pooled by: rank (the tag's rank "
+        "among the image's tags) or score (the raw score). benchmarks/calibration.py measures both.",
+        UNSEEN_POOLINGS)
+    min_positives: int = _field(
+        10, "A seen tag with fewer validation positives (or negatives) uses the shared map and threshold.")
+    probability_threshold: Optional[float] = _field(
+        None, "A global probability threshold stored with the calibration, used where no other is given; "
+        "none = the tuned per-tag thresholds.")
 
 
 SECTIONS = {
@@ -216,6 +249,7 @@ SECTIONS = {
     "optimizer": OptimizerConfig,
     "runtime": RuntimeConfig,
     "evaluation": EvaluationConfig,
+    "calibration": CalibrationConfig,
 }
 
 
@@ -245,6 +279,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    calibration: CalibrationConfig = dataclasses.field(default_factory=CalibrationConfig)
 
     def __post_init__(self):
         for name in SECTIONS:
@@ -256,6 +291,11 @@ class TrainConfig:
         if self.data.coco_test_files != "instances" and self.data.dataset != "coco":
             raise ValueError(f"coco_test_files={self.data.coco_test_files!r} is for dataset coco, not "
                              f"{self.data.dataset!r}.")
+        if not 0.0 <= self.evaluation.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.evaluation.validation_fraction}.")
+        threshold = self.calibration.probability_threshold
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"probability_threshold must be a probability in [0, 1] or None, got {threshold}.")
         if self.data.image_size < 1 or self.data.batch_size < 1:
             raise ValueError(f"image_size and batch_size must be >= 1, got {self.data.image_size}, "
                              f"{self.data.batch_size}.")
@@ -321,9 +361,4 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path):
-        with open(path, encoding="utf-8") as f:
-            try:
-                values = json.load(f)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} is not valid JSON: {error}") from None
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_json(path), source=str(path))

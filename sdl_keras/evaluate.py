@@ -1,7 +1,10 @@
 """Evaluate a run zero-shot: `python -m sdl_keras.evaluate --run_dir=runs/demo`.
 
 Prints the paper's Table 1 layout (ZSL and GZSL rows, P/R/F1@K and mAP) for the
-model and for random scores, and writes the figures as JSON (RUN_DIR/results.json).
+model and for random scores, then a second table of the probabilities: CP/CR/CF1 and
+OP/OR/OF1 at the calibration's thresholds and the expected calibration errors (an
+uncalibrated run: sigmoid(score), said so). Writes the figures as JSON
+(RUN_DIR/results.json) and the test split's reliability diagrams to RUN_DIR/logs/test.
 """
 
 from absl import flags
@@ -36,12 +39,18 @@ def main(argv):
     ks = [int(k) for k in FLAGS.eval_ks] if FLAGS.eval_ks else None
     results = inference.evaluate_run(FLAGS.run_dir, FLAGS.dataset, FLAGS.test_source, ks,
                                      batch_size=FLAGS.eval_batch_size, empty_tags=FLAGS.empty_tags,
-                                     zsl_source=FLAGS.zsl_test_source)
+                                     zsl_source=FLAGS.zsl_test_source, reliability_logs=True)
     ks = sorted({int(key.split("@")[1]) for key in results["model"] if "@" in key})
     print()
     print(evaluation.format_table({"SDL (this run)": results["model"], "random scores": results["random"]}, ks))
     ratio = results["model"]["zsl/mAP"] / max(results["random"]["zsl/mAP"], 1e-9)
-    print(f"\nZSL mAP is {ratio:.1f}x the random ranker's.")
+    print(f"\nZSL mAP is {ratio:.1f}x the random ranker's.\n")
+    probabilities = results["probabilities"]
+    if not probabilities["calibrated"]:
+        print(f"Uncalibrated run: {probabilities['uncalibrated']}; probabilities are sigmoid(score).")
+    print(evaluation.format_threshold_table(probabilities["thresholds"]))
+    print()
+    print(evaluation.format_calibration_table(probabilities["ece"], inference.ECE_TOP_K))
     run = RunDirectory(FLAGS.run_dir)
     run.write_results(results, FLAGS.results)
     print(f"Results written to {FLAGS.results or run.results_path}")

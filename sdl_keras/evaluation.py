@@ -198,8 +198,150 @@ def format_table(rows, ks=(3, 5)):
                 line += [cell(result, f"{task}/{m}@{k}") for m in ("P", "R", "F1")]
             line.append(cell(result, f"{task}/mAP"))
             lines.append(line)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return _text_table(lines)
+
+
+def _text_table(lines):
+    """Rows of cells (the first one the header) as an aligned text table."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     rule = "-+-".join("-" * w for w in widths)
     text = [" | ".join(cell.ljust(w) for cell, w in zip(lines[0], widths)), rule]
     text += [" | ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines[1:]]
     return "\n".join(text)
+
+
+# -- probabilities: thresholds and calibration ------------------------------------------------------
+def threshold_precision_recall(probabilities, labels, thresholds, images=None):
+    """Per-class and overall precision and recall of the rule p >= threshold, in percent.
+
+    CP, CR: means over the classes (columns) that have a positive among the images of
+    per-class precision (0 for a class with no prediction) and recall; CF1 their harmonic
+    mean. OP, OR, OF1: the same pooled over all (image, tag) pairs. An unknown (-1) label
+    is neither a hit nor a miss.
+
+    Args:
+        probabilities, labels: (N, C); thresholds: (C,) or a scalar; images: optional (N,) mask.
+    """
+    labels = np.asarray(labels)
+    predicted = np.asarray(probabilities) >= np.asarray(thresholds, dtype=np.float64)
+    if images is not None:
+        predicted, labels = predicted[images], labels[images]
+    known = labels != -1
+    predicted &= known
+    positive = labels == 1
+    true_positives, predictions, positives = (predicted & positive).sum(0), predicted.sum(0), positive.sum(0)
+    classes = positives > 0
+    if not classes.any():
+        return {name: 0.0 for name in ("CP", "CR", "CF1", "OP", "OR", "OF1")}
+    class_precision = np.where(predictions > 0, true_positives / np.maximum(predictions, 1), 0.0)[classes].mean()
+    class_recall = (true_positives / np.maximum(positives, 1))[classes].mean()
+    overall_precision = true_positives.sum() / max(predictions.sum(), 1)
+    overall_recall = true_positives.sum() / max(positives.sum(), 1)
+
+    def f1(p, r):
+        return 2 * p * r / (p + r) if p + r > 0 else 0.0
+
+    return {name: 100 * float(value) for name, value in (
+        ("CP", class_precision), ("CR", class_recall), ("CF1", f1(class_precision, class_recall)),
+        ("OP", overall_precision), ("OR", overall_recall), ("OF1", f1(overall_precision, overall_recall)))}
+
+
+def threshold_metrics(probabilities, labels, thresholds, unseen):
+    """CP/CR/CF1/OP/OR/OF1 (percent) at `thresholds` for ZSL (unseen tags, images with an
+    unseen positive) and GZSL (all tags, images with a positive): {"zsl/CP", ..., "gzsl/OF1"}."""
+    probabilities, labels = np.asarray(probabilities), np.asarray(labels)
+    thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (labels.shape[1],))
+    unseen = np.asarray(unseen, dtype=np.int64).reshape(-1)
+    results = {}
+    for task, columns in (("zsl", unseen), ("gzsl", np.arange(labels.shape[1]))):
+        task_labels = labels[:, columns]
+        images = (task_labels == 1).any(axis=1)
+        figures = threshold_precision_recall(probabilities[:, columns], task_labels, thresholds[columns], images)
+        results.update({f"{task}/{name}": value for name, value in figures.items()})
+    return results
+
+
+def reliability_curve(probabilities, labels, bins=15):
+    """Equal-width probability bins over [0, 1] of the (image, tag) pairs with a known label:
+    {"count", "confidence" (mean probability), "frequency" (fraction positive)}, each (bins,)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    known = labels != -1
+    probabilities, positive = probabilities[known], labels[known] == 1
+    which = np.minimum((probabilities * bins).astype(np.int64), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    total = np.bincount(which, weights=probabilities, minlength=bins)
+    hits = np.bincount(which, weights=positive, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"count": count, "confidence": np.where(count, total / np.maximum(count, 1), np.nan),
+                "frequency": np.where(count, hits / np.maximum(count, 1), np.nan)}
+
+
+def expected_calibration_error(probabilities, labels, bins=15):
+    """ECE (a fraction, not percent): sum over equal-width bins of |frequency - confidence|
+    weighted by the bin's share of the pairs; pairs with an unknown label are left out."""
+    curve = reliability_curve(probabilities, labels, bins)
+    count = curve["count"]
+    if not count.sum():
+        return 0.0
+    gaps = np.abs(np.nan_to_num(curve["frequency"]) - np.nan_to_num(curve["confidence"]))
+    return float((gaps * count).sum() / count.sum())
+
+
+def top_k_mask(scores, k):
+    """(N, C) bool: each image's k best-scoring tags."""
+    scores = np.asarray(scores)
+    mask = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(mask, top_k_indices(scores, k), True, axis=1)
+    return mask
+
+
+def calibration_errors(probabilities, scores, labels, unseen, k=10, bins=15):
+    """ECE of seen and of unseen tags over the images with a positive (GZSL's): over each
+    image's top-k pairs by score (the pairs a tagger shows: "ece/seen@10") and over all
+    pairs ("ece/seen", which the many easy negatives pull towards 0)."""
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities)
+    images = (labels == 1).any(axis=1)
+    is_unseen = np.zeros(labels.shape[1], dtype=bool)
+    is_unseen[np.asarray(unseen, dtype=np.int64)] = True
+    top = top_k_mask(scores, k)[images]
+    probabilities, labels = probabilities[images], labels[images]
+    results = {}
+    for name, columns in (("seen", ~is_unseen), ("unseen", is_unseen)):
+        pairs = np.broadcast_to(columns, labels.shape)
+        results[f"ece/{name}@{k}"] = expected_calibration_error(probabilities[pairs & top], labels[pairs & top], bins)
+        results[f"ece/{name}"] = expected_calibration_error(probabilities[pairs], labels[pairs], bins)
+        results[f"ece/{name}@{k}/pairs"] = int((pairs & top & (labels != -1)).sum())
+    return results
+
+
+THRESHOLD_METRICS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+
+
+def format_threshold_table(rows):
+    """The threshold metrics, one line per (probabilities, thresholds, ZSL/GZSL).
+
+    Args:
+        rows: dicts with "probabilities", "thresholds" and `threshold_metrics`' figures.
+    """
+    lines = [["Probabilities", "Thresholds", "Task", *THRESHOLD_METRICS]]
+    for row in rows:
+        for task in ("zsl", "gzsl"):
+            lines.append([row["probabilities"], row["thresholds"], task.upper(),
+                          *(f"{row[f'{task}/{m}']:.1f}" for m in THRESHOLD_METRICS)])
+    return _text_table(lines)
+
+
+def format_calibration_table(errors, k=10):
+    """Expected calibration errors, one line per kind of probabilities.
+
+    Args:
+        errors: mapping probabilities name -> `calibration_errors` result.
+    """
+    lines = [["Probabilities", f"ECE seen, top-{k}", f"ECE unseen, top-{k}", "ECE seen, all pairs",
+              "ECE unseen, all pairs"]]
+    for name, figures in errors.items():
+        lines.append([name, *(f"{figures[key]:.3f}" for key in (f"ece/seen@{k}", f"ece/unseen@{k}", "ece/seen",
+                                                                 "ece/unseen"))])
+    return _text_table(lines)

@@ -1,7 +1,8 @@
 """Export a run for TF Serving: `python -m sdl_keras.export --run_dir=runs/demo --name=demo`
 (or `--flagfile=configs/export.flags`) writes saved_models/<name>/<next version>/ with the
 deployment files beside the versions (sdl_keras.saved_model says what the signatures are).
-Scoring and image decoding are the run's own (its config.json)."""
+Scoring and image decoding are the run's own (its config.json); a calibrated run
+(calibration.json) exports probabilities and an above-threshold mask too."""
 
 from absl import flags
 
@@ -21,6 +22,9 @@ def define_flags():
     flags.DEFINE_integer("top_k", 10, "Tags that serving_default returns per image.")
     flags.DEFINE_string("serving_base_path", None, "The model's path as TF Serving sees it (default /models/<name>).")
     flags.DEFINE_integer("num_versions", 2, "The newest versions models.config asks TF Serving to serve.")
+    flags.DEFINE_string("threshold", None, "Calibrated runs: the above_threshold mask's threshold, 'tuned' (the "
+                        "per-tag thresholds) or a probability (default: the calibration's probability_threshold "
+                        "if set, else tuned).")
     flags.mark_flag_as_required("run_dir")
 
 
@@ -28,12 +32,17 @@ def main(argv):
     cli.no_arguments(argv)
     from sdl_keras.saved_model import export_run
 
+    from sdl_keras.calibration import parse_threshold
+
+    threshold = parse_threshold(FLAGS.threshold)
     path, settings = export_run(
         FLAGS.run_dir, FLAGS.output_dir, FLAGS.name, FLAGS.version or None, FLAGS.top_k,
-        FLAGS.serving_base_path or None, FLAGS.num_versions, FLAGS.checkpoint, FLAGS.vocabulary,
+        FLAGS.serving_base_path or None, FLAGS.num_versions, FLAGS.checkpoint, FLAGS.vocabulary, threshold,
     )
+    calibrated = "calibrated" if settings["calibrated"] else f"uncalibrated ({settings['reason']})"
     print(f"Exported {FLAGS.checkpoint or FLAGS.run_dir} with {settings['tags']} tags ({settings['unseen']} unseen), "
-          f"{settings['aggregation']} aggregation, crop {settings['crop']}, decode {settings['decode_mode']}, to {path}")
+          f"{settings['aggregation']} aggregation, crop {settings['crop']}, decode {settings['decode_mode']}, "
+          f"{calibrated}, to {path}")
 
 
 def run():

@@ -4,11 +4,13 @@
 `tag`, `search build --run_dir` and `calibrate` read it, always through `RunDirectory`:
 
   model.keras       the trained Keras model (images -> A)
-  best.keras        the model of the epoch with the best validation ZSL mAP
+  best.keras        the model of the epoch with the best validation ZSL (or GZSL) mAP
   vocabulary.npz    the TagVocabulary (all tags, seen and unseen, with vectors)
   config.json       the TrainConfig (sdl_keras.config), including how images are decoded
   metrics.json      the last epoch's logs (training metrics, zero-shot figures)
   results.json      what `sdl_keras.evaluate` measured
+  calibration.json  score -> probability maps and thresholds (sdl_keras.calibration), fitted
+                    on the validation split by `sdl_keras.calibrate` or `train --calibrate`
   logs/             TensorBoard logs (docs/training.md lists the dashboards)
   backup/           the BackupAndRestore state while training runs (removed at the end)
 
@@ -18,6 +20,7 @@ Importing this module imports no TensorFlow (only the model loader needs Keras).
 import os
 
 from sdl_keras.atomic import write_json_atomically
+from sdl_keras.calibration import Calibration
 from sdl_keras.config import TrainConfig
 from sdl_keras.embeddings import TagVocabulary
 
@@ -35,6 +38,7 @@ class RunDirectory:
     CONFIG = "config.json"
     METRICS = "metrics.json"
     RESULTS = "results.json"
+    CALIBRATION = "calibration.json"
     LOGS = "logs"
     BACKUP = "backup"
     REQUIRED = (MODEL, VOCABULARY, CONFIG)
@@ -54,6 +58,7 @@ class RunDirectory:
     config_path = property(lambda self: self.file(self.CONFIG))
     metrics_path = property(lambda self: self.file(self.METRICS))
     results_path = property(lambda self: self.file(self.RESULTS))
+    calibration_path = property(lambda self: self.file(self.CALIBRATION))
     logs_dir = property(lambda self: self.file(self.LOGS))
     backup_dir = property(lambda self: self.file(self.BACKUP))
 
@@ -105,6 +110,29 @@ class RunDirectory:
             )
         return model, vocabulary, config
 
+    def calibration(self, vocabulary=None):
+        """The run's Calibration, or None for an uncalibrated run; checked against the
+        vocabulary's tags when one is given."""
+        if not os.path.exists(self.calibration_path):
+            return None
+        calibration = Calibration.load(self.calibration_path)
+        if vocabulary is not None:
+            calibration.check_tags(vocabulary.tags, self.vocabulary_path)
+        return calibration
+
+    def calibration_for(self, model_path, vocabulary):
+        """(the Calibration fitted for this model file and vocabulary, or None; why not)."""
+        if not os.path.exists(self.calibration_path):
+            return None, f"{self.calibration_path} does not exist (python -m sdl_keras.calibrate writes it)"
+        calibration = self.calibration()
+        fitted_for, name = calibration.fitted_on.get("model", self.MODEL), os.path.basename(model_path)
+        if fitted_for != name:
+            return None, (f"{self.calibration_path} was fitted for {fitted_for}, not {name} "
+                          f"(python -m sdl_keras.calibrate --checkpoint={model_path})")
+        if list(calibration.tags) != list(vocabulary.tags):
+            return None, f"{self.calibration_path} was fitted for other tags than the vocabulary's"
+        return calibration, None
+
     def decoding(self):
         """How the run decodes images, as every reader of it must: {"image_size", "crop", "decode_mode"}."""
         data = self.config().data
@@ -123,3 +151,6 @@ class RunDirectory:
 
     def write_results(self, results, path=None):
         write_json_atomically(path or self.results_path, results)
+
+    def write_calibration(self, calibration):
+        write_json_atomically(self.calibration_path, calibration.to_dict())

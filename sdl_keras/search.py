@@ -6,11 +6,12 @@
     python -m sdl_keras.search add --index=photos_index --images=more_photos/ new.jpg
     python -m sdl_keras.search query --index=photos_index --tag="red circle" --tag=square --top_n=10
     python -m sdl_keras.search query --index=photos_index --tag=zebra --word_vectors=wiki.en.vec --method=scann
+    python -m sdl_keras.search query --index=photos_index --tag="red circle" --min_probability=0.5
     python -m sdl_keras.search build --index=milvus:photos.db#photos --model=saved_models/demo --images=photos/
 
-Images come from files and folders (--images), a manifest or TFRecords; matrices from an
-export's `matrix` signature (--model) or a run's model (--run_dir); an unreadable image
-is skipped and listed (sdl_keras/retrieval/). Several --tag add their scores. `build
+Images: files and folders (--images), a manifest or TFRecords; matrices: an export's `matrix`
+signature (--model) or a run's model (--run_dir); an unreadable image is skipped and listed.
+Several --tag add their scores; a calibrated model's index gives hits probabilities. `build
 --runner=...` runs as an Apache Beam pipeline; Beam's options (--name=value) pass through.
 """
 
@@ -27,8 +28,7 @@ COMMANDS = ("build", "add", "query")
 def define_flags():
     from sdl_keras.retrieval import DTYPES, METHODS, MilvusOptions
 
-    flags.DEFINE_string("index", None, "A directory or milvus:URI#COLLECTION (a .db file, http://host:19530).",
-                        required=True)
+    flags.DEFINE_string("index", None, "A directory or milvus:URI#COLLECTION (docs/retrieval.md).", required=True)
     # build / add
     flags.DEFINE_string("model", None, "An exported SavedModel (saved_models/NAME or one version of it).")
     flags.DEFINE_string("run_dir", None, "A run directory (model.keras, vocabulary.npz, config.json).")
@@ -43,11 +43,9 @@ def define_flags():
     flags.DEFINE_integer("batch_size", 32, "Images per model call.")
     flags.DEFINE_bool("overwrite", False, "build: replace an existing index.")
     flags.DEFINE_string("runner", None, "build: run as a Beam pipeline on this runner; Beam's flags pass through.")
-    flags.DEFINE_string("milvus_index_type", MilvusOptions.index_type, "Milvus build: FLAT or IVF_FLAT (milvus-lite),"
-                        " HNSW, IVF_PQ, DISKANN, GPU_CAGRA, ... (a server).")
+    flags.DEFINE_string("milvus_index_type", MilvusOptions.index_type, "Milvus build: FLAT, IVF_FLAT, HNSW, DISKANN...")
     flags.DEFINE_string("milvus_index_params", "{}", 'Milvus build: the index\'s parameters, JSON ({"nlist": 1024}).')
-    flags.DEFINE_float("lock_timeout", 0, "Seconds to wait for another writer of the index (INDEX/.writer.lock, a "
-                       "collection's lease); 0 fails at once, -1 waits as long as it takes.")
+    flags.DEFINE_float("lock_timeout", 0, "Seconds to wait for another writer of the index (-1: as long as it takes).")
     # query
     flags.DEFINE_multi_string("tag", [], "A query tag (repeatable: several tags add their scores).")
     flags.DEFINE_string("vector_file", None, "An .npy of query vectors, (d,) or (T, d), instead of tags.")
@@ -59,6 +57,7 @@ def define_flags():
     flags.DEFINE_integer("leaves_to_search", None, "ScaNN: partitions searched per shard.")
     flags.DEFINE_string("milvus_search_params", "{}", 'Milvus: search parameters, JSON ({"nprobe": 32}).')
     flags.DEFINE_bool("json", False, "Print the hits as JSON.")
+    flags.DEFINE_float("min_probability", None, "Leave out hits where a query tag's probability is below this.")
 
 
 def main(argv):
@@ -77,7 +76,8 @@ def main(argv):
         query = query_from(FLAGS.tag, FLAGS.vector_file, index.vocabulary, FLAGS.word_vectors, FLAGS.allow_pickle)
         options = backends.search_options(index, FLAGS.method, FLAGS.num_candidates, FLAGS.leaves_to_search,
                                           milvus.parse_params("--milvus_search_params", FLAGS.milvus_search_params))
-        print(format_hits(query, index.search(query, FLAGS.top_n, **options), FLAGS.json))
+        hits = index.search(query, FLAGS.top_n, min_probability=FLAGS.min_probability, **options)
+        print(format_hits(query, hits, FLAGS.json))
         return 0
     images = (list(FLAGS.images) + extra, FLAGS.manifest, FLAGS.tfrecords)
     options = dict(shard_size=FLAGS.shard_size, batch_size=FLAGS.batch_size,

@@ -3,8 +3,11 @@
     python -m sdl_keras.tag --model saved_models/demo photos/ extra.jpg --output tags.jsonl
     python -m sdl_keras.tag --model saved_models/demo/3 photos/ --output tags.csv --annotate figures/
 
-Writes JSON lines (image, tags, scores, rows, unseen) or CSV; an unreadable image gets a
-line with its error and the exit status is 1 (sdl_keras/tagging.py).
+    python -m sdl_keras.tag --model saved_models/demo photos/ --threshold=tuned --annotate figures/
+
+Writes JSON lines (image, tags, scores, rows, unseen; probabilities and above_threshold
+for a calibrated export) or CSV; an unreadable image gets a line with its error and the
+exit status is 1 (sdl_keras/tagging.py).
 """
 
 import sys
@@ -22,14 +25,19 @@ def define_flags():
     flags.DEFINE_enum("format", None, ["jsonl", "csv"], "Output format (default: from --output's suffix, else jsonl).")
     flags.DEFINE_integer("batch_size", 16, "Images per batch.")
     flags.DEFINE_string("annotate", None, "Also write each image with its tags drawn beside it to this folder.")
+    flags.DEFINE_string("threshold", None, "A probability, or 'tuned' (the calibration's per-tag thresholds): sets "
+                        "above_threshold, and --annotate draws only the tags above it (a calibrated export only; "
+                        "default: the export's own mask, all top tags drawn).")
 
 
 def main(argv):
+    from sdl_keras.calibration import parse_threshold
     from sdl_keras.tagging import tag_paths
 
-    tagged, failed, path = tag_paths(FLAGS.model, argv[1:], FLAGS.output, FLAGS.format, FLAGS.batch_size,
-                                     FLAGS.annotate)
-    print(f"Tagged {tagged} of {tagged + failed} images with {path}", file=sys.stderr)
+    tagged, failed, tagger = tag_paths(FLAGS.model, argv[1:], FLAGS.output, FLAGS.format, FLAGS.batch_size,
+                                       FLAGS.annotate, parse_threshold(FLAGS.threshold))
+    calibrated = "calibrated" if tagger.calibration else "uncalibrated: scores only, no probabilities"
+    print(f"Tagged {tagged} of {tagged + failed} images with {tagger.path} ({calibrated})", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -5,8 +5,13 @@ The model is an export folder (its newest version is used) or one version folder
 are searched recursively for JPEG, PNG, GIF and BMP files. Images go through the export's
 `serving_default` signature in batches, so they are decoded exactly as in serving; an image
 that cannot be read is reported on its own line and does not fail its batch. Writes JSON
-lines or CSV (image, top-K tags, scores, dominant rows, unseen flags); `annotate` draws
-each image with its tags beside it, unseen tags marked.
+lines or CSV (image, top-K tags, scores, dominant rows, unseen flags, and for a calibrated
+export probabilities and above-threshold flags); `annotate` draws each image with its
+tags beside it, unseen tags marked, only the tags above the threshold when one is given.
+
+Thresholds: a probability (one for every tag), "tuned" (the per-tag thresholds the
+calibration tuned on the validation split, read from the export's calibration.json), or
+none (the mask the export computes, with the threshold it was exported with).
 """
 
 import csv
@@ -15,6 +20,7 @@ import os
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 OUTPUT_FIELDS = ("tags", "scores", "rows", "unseen")
+CALIBRATED_FIELDS = ("probabilities", "above_threshold")
 
 
 def find_images(paths):
@@ -33,30 +39,55 @@ def find_images(paths):
 
 
 class Tagger:
-    """The `serving_default` signature of an export, as a Python function on image bytes."""
+    """The `serving_default` signature of an export, as a Python function on image bytes.
 
-    def __init__(self, model_path):
+    Args:
+        model_path: an export folder or one version of it.
+        threshold: None (the export's own above_threshold mask), "tuned" or a probability;
+            a threshold needs a calibrated export.
+    """
+
+    def __init__(self, model_path, threshold=None):
         import tensorflow as tf
 
-        from sdl_keras.saved_model import resolve_version_dir
+        from sdl_keras.saved_model import read_calibration_file, resolve_version_dir
 
         self.path = resolve_version_dir(model_path)
         self._tf = tf
         self._signature = tf.saved_model.load(self.path).signatures["serving_default"]
+        self.calibration, metadata = read_calibration_file(self.path)
+        self.threshold = threshold
+        if self.calibration is None and threshold is not None:
+            raise ValueError(f"{self.path} is an uncalibrated export ({metadata.get('reason')}): it has no "
+                             "probabilities to threshold. Calibrate the run (python -m sdl_keras.calibrate) and "
+                             "export it again.")
+        self._thresholds = None
+        if threshold is not None:
+            vector = self.calibration.threshold_vector(threshold)
+            self._thresholds = dict(zip(self.calibration.tags, vector.tolist()))
 
     def __call__(self, images):
-        """[{tags, scores, rows, unseen}] for a batch of encoded images."""
+        """[{tags, scores, rows, unseen (, probabilities, above_threshold)}] for a batch of encoded images."""
         outputs = self._signature(images=self._tf.constant(images, dtype=self._tf.string))
         outputs = {k: v.numpy() for k, v in outputs.items()}
-        return [
-            {
+        records = []
+        for i in range(len(images)):
+            record = {
                 "tags": [t.decode("utf-8") for t in outputs["tags"][i]],
                 "scores": [round(float(s), 6) for s in outputs["scores"][i]],
                 "rows": outputs["rows"][i].tolist(),
                 "unseen": outputs["unseen"][i].tolist(),
             }
-            for i in range(len(images))
-        ]
+            if "probabilities" in outputs:
+                record["probabilities"] = [round(float(p), 6) for p in outputs["probabilities"][i]]
+                if self._thresholds is None:
+                    record["above_threshold"] = outputs["above_threshold"][i].tolist()
+                else:
+                    # The probabilities as written: a reader of the records gets the same flags from them.
+                    record["above_threshold"] = [p >= self._thresholds[t] for t, p in
+                                                 zip(record["tags"], record["probabilities"])]
+            records.append(record)
+        return records
 
 
 def tag_files(tagger, files, batch_size=16, progress=None):
@@ -106,7 +137,7 @@ def write_records(records, stream, fmt):
     failed = 0
     writer = None
     if fmt == "csv":
-        writer = csv.DictWriter(stream, fieldnames=("image", *OUTPUT_FIELDS, "error"))
+        writer = csv.DictWriter(stream, fieldnames=("image", *OUTPUT_FIELDS, *CALIBRATED_FIELDS, "error"))
         writer.writeheader()
     for record in records:
         failed += "error" in record
@@ -133,26 +164,31 @@ def _font(size):
         return ImageFont.load_default()
 
 
-def annotate(image_path, record, out_path, panel_width=260, min_height=240):
+def annotate(image_path, record, out_path, panel_width=300, min_height=240, above_only=False):
     """Writes the image with a panel of its tags beside it (unseen tags in red, marked
-    '(unseen)'), like the figures of the official repository."""
+    '(unseen)'), like the figures of the official repository; with the probability of each
+    tag when the record has them, and with `above_only` only the tags above the threshold."""
     from PIL import Image, ImageDraw
 
     with Image.open(image_path) as image:
         image = image.convert("RGB")
     scale = max(1.0, min_height / image.height)
     image = image.resize((round(image.width * scale), round(image.height * scale)))
+    shown = [i for i in range(len(record["tags"])) if not above_only or record["above_threshold"][i]]
     line = 20
-    height = max(image.height, line * (len(record["tags"]) + 2))
+    height = max(image.height, line * (len(shown) + 2))
     canvas = Image.new("RGB", (image.width + panel_width, height), "white")
     canvas.paste(image, (0, 0))
     draw = ImageDraw.Draw(canvas)
     font = _font(14)
     x = image.width + 10
-    draw.text((x, 6), f"top {len(record['tags'])} tags  (red: unseen)", fill="black", font=font)
-    for i, (tag, score, unseen) in enumerate(zip(record["tags"], record["scores"], record["unseen"])):
-        text = f"{tag}  {score:.3f}" + ("  (unseen)" if unseen else "")
-        draw.text((x, 6 + line * (i + 1)), text, fill=(200, 0, 0) if unseen else "black", font=font)
+    heading = f"{len(shown)} tags above the threshold" if above_only else f"top {len(shown)} tags"
+    draw.text((x, 6), f"{heading}  (red: unseen)", fill="black", font=font)
+    for row, i in enumerate(shown, start=1):
+        tag, score, unseen = record["tags"][i], record["scores"][i], record["unseen"][i]
+        probability = f"  p={record['probabilities'][i]:.2f}" if "probabilities" in record else ""
+        text = f"{tag}  {score:.3f}{probability}" + ("  (unseen)" if unseen else "")
+        draw.text((x, 6 + line * row), text, fill=(200, 0, 0) if unseen else "black", font=font)
     canvas.save(out_path)
 
 
@@ -166,11 +202,12 @@ def annotation_path(out_dir, image_path, taken):
     return os.path.join(out_dir, name)
 
 
-def tag_paths(model, paths, output, fmt=None, batch_size=16, annotate_dir=None):
+def tag_paths(model, paths, output, fmt=None, batch_size=16, annotate_dir=None, threshold=None):
     """Tags the image files and folders in `paths` with an export and writes the records to
     `output` (a path, or "-" for stdout) as JSON lines or CSV (`fmt`, default from the
-    suffix); with `annotate_dir`, also the annotated images. Returns (images tagged, images
-    failed, the version folder used)."""
+    suffix); with `annotate_dir`, also the annotated images (only the tags above
+    `threshold` when one is given: "tuned" or a probability). Returns (images tagged,
+    images failed, the Tagger used)."""
     import sys
 
     from pipelines.progress import Progress
@@ -178,7 +215,7 @@ def tag_paths(model, paths, output, fmt=None, batch_size=16, annotate_dir=None):
     files = find_images(paths)
     if not files:
         raise FileNotFoundError("No images to tag: give image files or folders holding .jpg/.png/.gif/.bmp files.")
-    tagger = Tagger(model)
+    tagger = Tagger(model, threshold)
     fmt = fmt or ("csv" if output.lower().endswith(".csv") else "jsonl")
     if annotate_dir:
         os.makedirs(annotate_dir, exist_ok=True)
@@ -187,7 +224,8 @@ def tag_paths(model, paths, output, fmt=None, batch_size=16, annotate_dir=None):
     def annotated(records):
         for record in records:
             if annotate_dir and "error" not in record:
-                annotate(record["image"], record, annotation_path(annotate_dir, record["image"], taken))
+                annotate(record["image"], record, annotation_path(annotate_dir, record["image"], taken),
+                         above_only=threshold is not None)
             yield record
 
     records = annotated(tag_files(tagger, files, batch_size, Progress(len(files), "image")))
@@ -196,4 +234,4 @@ def tag_paths(model, paths, output, fmt=None, batch_size=16, annotate_dir=None):
     else:
         with open(output, "w", newline="" if fmt == "csv" else None, encoding="utf-8") as stream:
             failed = write_records(records, stream, fmt)
-    return len(files) - failed, failed, tagger.path
+    return len(files) - failed, failed, tagger

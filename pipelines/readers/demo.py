@@ -11,8 +11,15 @@ are held out: training images contain only seen pairs, test images contain both.
 Everything is deterministic from the seed and written in the generic manifest
 format (pipelines/readers/manifest.py) with a FastText-format word-vector file.
 
+The optional validation split (`num_validation`) is drawn like the test split (half of
+its images hold an unseen pair) but labelled like training data: its seen tags only
+(its records list the seen tags it lacks as `negative_tags`, so every unseen tag is
+unknown, -1). Training images never show an unseen object, so a split held out of
+them cannot show the model a novel one; real photographs do, unlabelled, and this
+split does the same. It is what the demo calibrates on (configs/demo.flags).
+
 Files written under the output folder:
-  images/{train,test}/NNNNN.png, train.jsonl, test.jsonl,
+  images/{train,test,validation}/NNNNN.png, train.jsonl, test.jsonl, validation.jsonl,
   words.vec (FastText text), tags.txt, unseen_tags.txt
 """
 
@@ -45,6 +52,7 @@ class DemoConfig:
     max_objects: int = 3
     embed_dim: int = 64
     seed: int = 0
+    num_validation: int = 0
 
 
 def demo_tags():
@@ -122,7 +130,12 @@ def make_demo_dataset(out_dir, config=DemoConfig(), progress=None):
     with open(os.path.join(out_dir, "unseen_tags.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(unseen) + "\n")
 
-    for split, count in (("train", config.num_train), ("test", config.num_test)):
+    seen_tags = [t for t in tags if t not in unseen]
+    # The validation split comes last: the training and test splits do not depend on it.
+    splits = (("train", config.num_train), ("test", config.num_test), ("validation", config.num_validation))
+    for split, count in splits:
+        if split == "validation" and not count:
+            continue
         folder = os.path.join(out_dir, "images", split)
         os.makedirs(folder, exist_ok=True)
         records = []
@@ -135,11 +148,15 @@ def make_demo_dataset(out_dir, config=DemoConfig(), progress=None):
                 objects = _sample_objects(rng, all_pairs, config.max_objects, include)
             name = f"images/{split}/{i:05d}.png"
             render_image(objects, config.image_size, rng).save(os.path.join(out_dir, name))
-            records.append({"image": name, "tags": sorted({" ".join(o) for o in objects})})
+            present = sorted({" ".join(o) for o in objects})
+            if split == "validation":
+                # Seen tags only: a present unseen pair is, like every unseen tag, unknown.
+                records.append({"image": name, "tags": [t for t in present if t not in unseen],
+                                "negative_tags": [t for t in seen_tags if t not in present]})
+            else:
+                records.append({"image": name, "tags": present})
             if progress is not None:
                 progress(split, i + 1, count)
         write_manifest(os.path.join(out_dir, f"{split}.jsonl"), records)
-    return {
-        name: os.path.join(out_dir, name)
-        for name in ("train.jsonl", "test.jsonl", "words.vec", "tags.txt", "unseen_tags.txt")
-    }
+    names = ["train.jsonl", "test.jsonl", "words.vec", "tags.txt", "unseen_tags.txt"]
+    return {name: os.path.join(out_dir, name) for name in names + ["validation.jsonl"] * bool(config.num_validation)}

@@ -58,13 +58,14 @@ def open_index(location):
 
 
 def create_index(location, num_rows, dim, dtype="float32", aggregation="max", vocabulary=None, scann=None,
-                 milvus=None, source=None, overwrite=False):
+                 milvus=None, source=None, overwrite=False, calibration=None):
     """An empty index at a location. `scann` (ScannOptions) and `dtype` apply to a directory,
-    `milvus` (MilvusOptions) to a collection, whose vectors are float32."""
+    `milvus` (MilvusOptions) to a collection, whose vectors are float32; `calibration` (the
+    model's, fitted for `vocabulary`) to either."""
     where = parse_location(location)
     if not where.is_milvus:
         return RetrievalIndex.create(where.directory, num_rows, dim, dtype, aggregation, vocabulary, scann, source,
-                                     overwrite)
+                                     overwrite, calibration)
     from sdl_keras.retrieval.milvus import MilvusIndex, MilvusOptions
 
     if dtype != "float32":
@@ -73,7 +74,7 @@ def create_index(location, num_rows, dim, dtype="float32", aggregation="max", vo
         raise ValueError("ScaNN searchers (--approximate) are for a local index; a Milvus index has its own "
                          "(--milvus_index_type).")
     return MilvusIndex.create(where.uri, where.collection, num_rows, dim, milvus or MilvusOptions(), vocabulary,
-                              source, overwrite, aggregation, token=_token())
+                              source, overwrite, aggregation, token=_token(), calibration=calibration)
 
 
 def search_options(index, method="exact", num_candidates=None, leaves_to_search=None, search_params=None):

@@ -224,14 +224,16 @@ def build(location, pipeline_args, paths=(), manifest=None, tfrecords=None, mode
     options = PipelineOptions(list(pipeline_args))
     check_runner(location, options)
     where = parse_location(location)
-    # The launcher loads the model once for M, d, the aggregation and what the index records.
+    # The launcher loads the model once for M, d, the aggregation, the calibration and what
+    # the index records.
     encoder = encoding.make_encoder(model, run_dir)
-    shape, source, aggregation = encoding.matrix_shape(encoder), encoder.source, aggregation or encoder.aggregation
+    vocabulary = encoding.load_vocabulary(vocabulary, run_dir)
+    settings = (*encoding.matrix_shape(encoder), dtype, aggregation or encoder.aggregation or "max", vocabulary, scann,
+                milvus, encoder.source, overwrite, encoding.index_calibration(encoder, vocabulary))
     del encoder
 
     def create():
-        return create_index(location, *shape, dtype, aggregation or "max", encoding.load_vocabulary(vocabulary, run_dir),
-                            scann, milvus, source, overwrite)
+        return create_index(location, *settings)
 
     if where.is_milvus:
         index = create()  # the lease lives in the collection

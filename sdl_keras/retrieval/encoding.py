@@ -19,9 +19,10 @@ class SavedModelEncoder:
     def __init__(self, model_path):
         import tensorflow as tf
 
-        from sdl_keras.saved_model import resolve_version_dir
+        from sdl_keras.saved_model import read_calibration_file, resolve_version_dir
 
         self.path = os.path.abspath(resolve_version_dir(model_path))
+        self.calibration, _ = read_calibration_file(self.path)
         self._tf = tf
         signatures = tf.saved_model.load(self.path).signatures
         if "matrix" not in signatures:
@@ -46,7 +47,9 @@ class KerasEncoder:
         from pipelines.decode import decode_images
         from sdl_keras.run_dir import RunDirectory
 
-        self.model, _, config = RunDirectory(run_dir).load()
+        run = RunDirectory(run_dir)
+        self.model, vocabulary, config = run.load()
+        self.calibration, _ = run.calibration_for(run.model_path, vocabulary)
         image_size, crop, mode = config.data.image_size, config.data.crop, config.data.decode_mode
         self._decode = tf.function(lambda images: decode_images(images, image_size, crop, mode))
         self._tf = tf
@@ -208,7 +211,7 @@ def index_images(location, encoder, items, *, create=False, total=None, vocabula
     batches = encode_batches(encoder, items, batch_size, total, skipped)
     if create:
         index = create_index(location, *matrix_shape(encoder), dtype, aggregation or encoder.aggregation or "max",
-                             vocabulary, scann, milvus, encoder.source, overwrite)
+                             vocabulary, scann, milvus, encoder.source, overwrite, index_calibration(encoder, vocabulary))
     else:
         index = open_index(location)
     index.lock_timeout = lock_timeout
@@ -216,6 +219,16 @@ def index_images(location, encoder, items, *, create=False, total=None, vocabula
     for image_id, reason in skipped:
         logger.warning("Skipped %s: %s", image_id, reason)
     return index, added, skipped
+
+
+def index_calibration(encoder, vocabulary):
+    """The encoder's calibration, stored with the index it builds (its probabilities need the
+    vocabulary), or None."""
+    if encoder.calibration is not None and vocabulary is None:
+        logger.warning("The model is calibrated, but the index gets no vocabulary: it stores no calibration, "
+                       "and its hits have no probabilities (pass --vocabulary).")
+        return None
+    return encoder.calibration
 
 
 def matrix_shape(encoder):

@@ -8,6 +8,8 @@ Layout (an index is a list of immutable shards, written once, never appended to)
 
     INDEX/index.json                    num_rows, dim, dtype, aggregation, shard list, ScaNN options
     INDEX/vocabulary.npz                the model's TagVocabulary, for queries by tag name (optional)
+    INDEX/calibration.json              the model's Calibration (sdl_keras.calibration), stored at build
+                                        time from the run or the export, for probabilities (optional)
     INDEX/shard-00000/matrices.f32      raw little-endian (n, M, d) array (.f16 with float16 storage)
     INDEX/shard-00000/ids.jsonl         n image ids, one JSON string a line
     INDEX/shard-00000/scann/            the shard's ScaNN searcher (when approximate search is on)
@@ -21,6 +23,12 @@ Queries: one or more tag vectors. Several tags combine by summing their scores,
 so each tag is matched by whichever principal direction suits it best (different rows
 for different tags), rather than one direction having to match their average. Each hit
 reports its score and, per query tag, its dominant row argmax_m (A t_j)_m.
+
+Probabilities: an index built from a calibrated run or export (and its vocabulary) gives
+each hit the probability of each query tag: a seen tag's own map, any other tag (unseen,
+or a word outside the vocabulary) through the unseen-tag map, pooled by rank among the
+vocabulary's tags in that image when the calibration says so. `min_probability` leaves out
+of the k hits those where a query tag falls below it, so fewer than k may come back.
 
 Search:
 - exact: every image, in chunks of `chunk_images` (memory stays bounded: shards are
@@ -49,6 +57,7 @@ import sys
 
 import numpy as np
 
+from sdl_keras.calibration import Calibration, check_probability
 from sdl_keras.embeddings import TagVocabulary, l2_normalize, load_tag_vectors
 from sdl_keras.retrieval.lock import LOCK_FILE, WriterLock
 
@@ -56,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
 VOCABULARY_FILE = "vocabulary.npz"
+CALIBRATION_FILE = "calibration.json"
 IDS_FILE = "ids.jsonl"
 SCANN_DIR = "scann"
 FORMAT = "sdl_keras.retrieval/1"
@@ -126,14 +136,17 @@ class Query:
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
-    """One retrieved image: its id, score, and the dominant row of each query tag."""
+    """One retrieved image: its id, score, the dominant row of each query tag and, from a
+    calibrated index, each query tag's probability."""
 
     id: str
     score: float
     rows: tuple
+    probabilities: tuple = ()
 
     def to_dict(self):
-        return {"id": self.id, "score": self.score, "rows": list(self.rows)}
+        probabilities = {"probabilities": list(self.probabilities)} if self.probabilities else {}
+        return {"id": self.id, "score": self.score, "rows": list(self.rows), **probabilities}
 
 
 def tag_query(names, vocabulary=None, word_vectors=None, allow_pickle=False):
@@ -173,13 +186,52 @@ def query_from(tags=(), vector_file=None, vocabulary=None, word_vectors=None, al
 
 
 def format_hits(query, hits, as_json=False):
-    """The hits of a query as a table (rank, score, dominant rows, id), or one JSON line."""
+    """The hits of `query` as a table (rank, score, dominant rows, probabilities, id), or one
+    JSON line."""
     if as_json:
         return json.dumps({"query": list(query.names), "hits": [h.to_dict() for h in hits]}, ensure_ascii=False)
-    lines = [f"query: {' + '.join(query.names)}", f"{'rank':>4}  {'score':>9}  rows  id"]
+    lines = [f"query: {' + '.join(query.names)}", f"{'rank':>4}  {'score':>9}  rows  probabilities  id"]
     for rank, hit in enumerate(hits, start=1):
-        lines.append(f"{rank:>4}  {hit.score:9.4f}  {','.join(map(str, hit.rows)):<4}  {hit.id}")
+        probabilities = ",".join(f"{p:.3f}" for p in hit.probabilities) or "-"
+        lines.append(f"{rank:>4}  {hit.score:9.4f}  {','.join(map(str, hit.rows)):<4}  {probabilities:<13}  {hit.id}")
     return "\n".join(lines)
+
+
+def describe_calibration(calibration):
+    return "calibrated: hits with probabilities" if calibration is not None else "uncalibrated"
+
+
+def check_min_probability(min_probability, calibration, location):
+    """ValueError unless `min_probability` is None, or a probability and the index has a
+    calibration to compute probabilities with."""
+    if min_probability is None:
+        return
+    check_probability(min_probability, "min_probability")
+    if calibration is None:
+        raise ValueError(f"{location} has no calibration, so no probabilities to filter by: build it from a "
+                         "calibrated run or export (python -m sdl_keras.calibrate).")
+
+
+def with_probabilities(hits, query, matrices, calibration, vocabulary, aggregation="max", min_probability=None):
+    """The hits of a query, each with its query tags' probabilities (module docstring)
+    computed from the hits' (n, M, d) matrices, less those where one is below
+    `min_probability`."""
+    if calibration is None or not hits:
+        return hits
+    vocabulary_scores = None
+    if calibration.unseen_pooling == "rank":
+        vocabulary_scores, _ = _score(matrices, vocabulary.vectors, aggregation)
+    scores, _ = _score(matrices, query.vectors, aggregation)
+    probabilities = calibration.tag_probabilities(scores, query.names, vocabulary_scores)
+    hits = [dataclasses.replace(h, probabilities=tuple(float(p) for p in row)) for h, row in zip(hits, probabilities)]
+    return hits if min_probability is None else [h for h in hits if min(h.probabilities) >= min_probability]
+
+
+def _score(matrices, vectors, aggregation="max"):
+    """(n, M, d) matrices x (V, d) vectors -> (scores (n, V), rows (n, V))."""
+    n, num_rows, dim = matrices.shape
+    products = _dot(np.asarray(matrices, dtype=np.float32).reshape(-1, dim), vectors).reshape(n, num_rows, len(vectors))
+    return _aggregate(products, aggregation)
 
 
 def _aggregate(products, aggregation):
@@ -341,10 +393,11 @@ class RetrievalIndex:
 
     lock_timeout = 0
 
-    def __init__(self, directory, meta, vocabulary=None):
+    def __init__(self, directory, meta, vocabulary=None, calibration=None):
         self.directory = directory
         self.meta = meta
         self.vocabulary = vocabulary
+        self.calibration = calibration
         self.shards = [
             _Shard(directory, s["name"], s["count"], self.num_rows, self.dim, self.dtype) for s in meta["shards"]
         ]
@@ -365,7 +418,7 @@ class RetrievalIndex:
 
     def describe(self):
         search = "exact and ScaNN" if self.scann_options else "exact"
-        return f"{self.num_rows} x {self.dim} {self.dtype}, {search} search"
+        return f"{self.num_rows} x {self.dim} {self.dtype}, {search} search, {describe_calibration(self.calibration)}"
 
     @property
     def ids(self):
@@ -375,7 +428,7 @@ class RetrievalIndex:
     @classmethod
     def create(
         cls, directory, num_rows, dim, dtype="float32", aggregation="max", vocabulary=None, scann=None,
-        source=None, overwrite=False,
+        source=None, overwrite=False, calibration=None,
     ):
         """An empty index at `directory`.
 
@@ -388,7 +441,13 @@ class RetrievalIndex:
             scann: ScannOptions to build a ScaNN searcher per shard, or None (exact only).
             source: a JSON-able description of the model the matrices come from.
             overwrite: replace an existing index at `directory`.
+            calibration: the model's Calibration, stored for probabilities; it needs the
+                vocabulary it was fitted for.
         """
+        if calibration is not None:
+            if vocabulary is None:
+                raise ValueError("A calibration is stored with the vocabulary it was fitted for: pass both.")
+            calibration.check_tags(vocabulary.tags, "the index's vocabulary")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
         if aggregation not in AGGREGATIONS:
@@ -410,6 +469,8 @@ class RetrievalIndex:
         os.makedirs(directory, exist_ok=True)
         if vocabulary is not None:
             vocabulary.save(os.path.join(directory, VOCABULARY_FILE))
+        if calibration is not None:
+            calibration.save(os.path.join(directory, CALIBRATION_FILE))
         meta = {
             "format": FORMAT,
             "num_rows": int(num_rows),
@@ -421,7 +482,7 @@ class RetrievalIndex:
             "shards": [],
         }
         _write_json(os.path.join(directory, INDEX_FILE), meta)
-        return cls(directory, meta, vocabulary)
+        return cls(directory, meta, vocabulary, calibration)
 
     @classmethod
     def load(cls, directory):
@@ -434,7 +495,9 @@ class RetrievalIndex:
             raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}.")
         vocabulary_path = os.path.join(directory, VOCABULARY_FILE)
         vocabulary = TagVocabulary.load(vocabulary_path) if os.path.exists(vocabulary_path) else None
-        return cls(directory, meta, vocabulary)
+        calibration_path = os.path.join(directory, CALIBRATION_FILE)
+        calibration = Calibration.load(calibration_path) if os.path.exists(calibration_path) else None
+        return cls(directory, meta, vocabulary, calibration)
 
     # -- adding -----------------------------------------------------------------------------
     @_exclusive
@@ -548,7 +611,8 @@ class RetrievalIndex:
         return self.search_batch([query], k, method, **kwargs)[0]
 
     def search_batch(
-        self, queries, k=10, method="exact", chunk_images=None, num_candidates=None, leaves_to_search=None
+        self, queries, k=10, method="exact", chunk_images=None, num_candidates=None, leaves_to_search=None,
+        min_probability=None,
     ):
         """The k best images for each query, all scored in one pass over the index.
 
@@ -558,10 +622,13 @@ class RetrievalIndex:
             method: "exact" or "scann".
             chunk_images: images scored per step of exact search (default: ~32 MB of matrices).
             num_candidates, leaves_to_search: override the index's ScaNN options per search.
+            min_probability: leave out the hits where a query tag's probability is below
+                it (a calibrated index only; module docstring).
 
         Returns:
             one list of Hit per query.
         """
+        check_min_probability(min_probability, self.calibration, self.directory)
         queries = [q if isinstance(q, Query) else Query(q) for q in queries]
         for q in queries:
             if q.vectors.shape[1] != self.dim:
@@ -582,10 +649,22 @@ class RetrievalIndex:
             self._exact(vectors, columns, tops, chunk_images)
         else:
             self._approximate(vectors, columns, tops, k, num_candidates, leaves_to_search)
-        return [
-            [Hit(self._id(i), float(s), tuple(int(r) for r in rows)) for s, i, rows in zip(t.scores, t.images, t.rows)]
-            for t in tops
-        ]
+        results = []
+        for query, top in zip(queries, tops):
+            hits = [Hit(self._id(i), float(s), tuple(int(r) for r in rows))
+                    for s, i, rows in zip(top.scores, top.images, top.rows)]
+            if self.calibration is not None and hits:
+                hits = with_probabilities(hits, query, self._matrices(top.images), self.calibration, self.vocabulary,
+                                          self.aggregation, min_probability)
+            results.append(hits)
+        return results
+
+    def _matrices(self, images):
+        """(n, M, d) float32 matrices of the images at global positions (shards in order)."""
+        starts = np.cumsum([0] + [s.count for s in self.shards])
+        shard_of = np.searchsorted(starts, images, side="right") - 1
+        return np.stack([np.asarray(self.shards[s].matrices[i - starts[s]], np.float32)
+                         for s, i in zip(shard_of, images)])
 
     def _id(self, image):
         """The id of the image at a global position (shards in order)."""
@@ -596,10 +675,7 @@ class RetrievalIndex:
         raise IndexError(image)
 
     def _score(self, matrices, vectors):
-        """(n, M, d) matrices x (V, d) vectors -> (scores (n, V), rows (n, V))."""
-        flat = np.asarray(matrices, dtype=np.float32).reshape(-1, self.dim)
-        products = _dot(flat, vectors).reshape(len(matrices), self.num_rows, len(vectors))
-        return _aggregate(products, self.aggregation)
+        return _score(matrices, vectors, self.aggregation)
 
     def _chunk(self, chunk_images=None):
         return int(chunk_images or max(1, CHUNK_BYTES // (4 * self.num_rows * self.dim)))
@@ -807,7 +883,7 @@ def _write_json(path, value):
 
 
 def build_index(directory, batches, dtype="float32", aggregation="max", vocabulary=None, scann=None,
-                source=None, shard_size=100_000, overwrite=False):
+                source=None, shard_size=100_000, overwrite=False, calibration=None):
     """Creates an index from (ids, matrices) batches, taking M and d from the first batch."""
     batches = iter(batches)
     first = next(batches, None)
@@ -817,7 +893,7 @@ def build_index(directory, batches, dtype="float32", aggregation="max", vocabula
     if len(shape) != 3:
         raise ValueError(f"Expected (n, M, d) matrices, got shape {shape}.")
     index = RetrievalIndex.create(
-        directory, shape[1], shape[2], dtype, aggregation, vocabulary, scann, source, overwrite
+        directory, shape[1], shape[2], dtype, aggregation, vocabulary, scann, source, overwrite, calibration
     )
 
     def all_batches():

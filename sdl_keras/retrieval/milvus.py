@@ -10,10 +10,12 @@ Each image's matrix A is M entities, one per row:
     add_id    INT64, the add that inserted it
     vector    FLOAT_VECTOR(d), the row A[m], under the collection's vector index (metric IP)
 
-An inner-product search grouped by image_id returns each image's best row, so a one-tag
-query is SDL's score max_m (A t)_m computed server-side (exact with a FLAT index). Several
-tags (score = sum_j max_m (A t_j)_m) gather each tag's best images and re-score the union
-exactly over all their rows, as the local ScaNN path does; on a FLAT index the candidate
+An inner-product search grouped by image_id returns each image's best row, so on an exact
+(FLAT) index a one-tag query is SDL's score max_m (A t)_m computed server-side. Several tags
+(score = sum_j max_m (A t_j)_m), and any query on an approximate index (whose grouped search
+gives an image the best of the rows it visited), gather each tag's best images and re-score
+them exactly over all their rows, as the local ScaNN path does: the scores and dominant rows
+returned are exact, which images are found is the index's. On a FLAT index the candidate
 count doubles until the result is provably exact (the k-th score beats any image no tag
 retrieved), so FLAT answers equal exact local search.
 
@@ -25,7 +27,11 @@ seen, and the next add deletes them. One writer at a time (`WriterLease`, the co
 counterpart of an index directory's writer lock); readers at any time.
 
 A model's TagVocabulary, for queries by tag name, is a second collection beside it,
-`COLLECTION_vocabulary` (one entity per tag: its position, name, unseen flag, vector).
+`COLLECTION_vocabulary` (one entity per tag: its position, name, unseen flag, vector), and
+its Calibration (sdl_keras.calibration), for the hits' probabilities as a local index gives
+them, a third, `COLLECTION_calibration` (its JSON in 60,000-character pieces: a collection's
+properties are held in the server's metadata store, which takes far less than an isotonic
+calibration of thousands of tags).
 """
 
 import contextlib
@@ -42,8 +48,16 @@ import uuid
 
 import numpy as np
 
+from sdl_keras.calibration import Calibration
 from sdl_keras.embeddings import TagVocabulary
-from sdl_keras.retrieval.index import Hit, Query, check_batch
+from sdl_keras.retrieval.index import (
+    Hit,
+    Query,
+    check_batch,
+    check_min_probability,
+    describe_calibration,
+    with_probabilities,
+)
 from sdl_keras.retrieval.lock import IndexLockedError, kept_out_message
 
 logger = logging.getLogger(__name__)
@@ -54,6 +68,8 @@ WRITER_PROPERTY = "sdl_keras_writer"
 # A writer's lease lasts this long unless renewed (its thread renews it 4 times as often).
 LEASE_SECONDS = 60.0
 VOCABULARY_SUFFIX = "_vocabulary"
+CALIBRATION_SUFFIX = "_calibration"
+CALIBRATION_PIECE = 60_000  # characters (ASCII JSON) of one VARCHAR, whose limit is 65,535 bytes
 ID_LENGTH = 4096
 # Milvus' largest limit (topk) of one search, and entities per insert or query call.
 MAX_LIMIT = 16_384
@@ -272,10 +288,10 @@ class MilvusIndex:
     aggregation = "max"
     lock_timeout = 0
 
-    def __init__(self, client, uri, collection, meta, vocabulary=None):
+    def __init__(self, client, uri, collection, meta, vocabulary=None, calibration=None):
         self.client, self.uri, self.collection = client, uri, collection
         self.meta = meta
-        self.vocabulary = vocabulary
+        self.vocabulary, self.calibration = vocabulary, calibration
         self._lease = None
 
     num_rows = property(lambda self: self.meta["num_rows"])
@@ -288,12 +304,13 @@ class MilvusIndex:
         return f"milvus:{self.uri}#{self.collection}"
 
     def describe(self):
-        return f"{self.num_rows} x {self.dim} float32, Milvus {self.options.index_type} index"
+        return (f"{self.num_rows} x {self.dim} float32, Milvus {self.options.index_type} index, "
+                f"{describe_calibration(self.calibration)}")
 
     # -- creating and opening ---------------------------------------------------------------
     @classmethod
     def create(cls, uri, collection, num_rows, dim, options=MilvusOptions(), vocabulary=None, source=None,
-               overwrite=False, aggregation="max", token=None):
+               overwrite=False, aggregation="max", token=None, calibration=None):
         """An empty collection `collection` at `uri` for (num_rows, dim) matrices.
 
         Args:
@@ -302,6 +319,8 @@ class MilvusIndex:
             source: what encoded the matrices (recorded; `add` reuses it).
             overwrite: drop an existing collection of that name first.
             aggregation: only "max": Milvus scores a row at a time, and an l2 score sums all rows.
+            calibration: the model's Calibration, stored for probabilities; it needs the
+                vocabulary it was fitted for.
         """
         from pymilvus import DataType, MilvusException
 
@@ -309,8 +328,12 @@ class MilvusIndex:
             raise ValueError("A Milvus index needs max aggregation: it scores rows, and an l2 score sums every row.")
         if vocabulary is not None and vocabulary.dim != dim:
             raise ValueError(f"The vocabulary's vectors have {vocabulary.dim} dimensions, the matrices {dim}.")
+        if calibration is not None:
+            if vocabulary is None:
+                raise ValueError("A calibration is stored with the vocabulary it was fitted for: pass both.")
+            calibration.check_tags(vocabulary.tags, "the index's vocabulary")
         client = milvus_client(uri, token)
-        names = [collection, collection + VOCABULARY_SUFFIX]
+        names = [collection, collection + VOCABULARY_SUFFIX, collection + CALIBRATION_SUFFIX]
         if client.has_collection(collection):
             if not overwrite:
                 raise FileExistsError(f"milvus:{uri}#{collection} already exists; add to it, or pass overwrite.")
@@ -328,7 +351,8 @@ class MilvusIndex:
         # Fetching and checking ids filter on image_id.
         index_params.add_index("image_id", index_type="INVERTED")
         meta = {"format": FORMAT, "num_rows": int(num_rows), "dim": int(dim), "source": source,
-                "options": dataclasses.asdict(options), "committed": 0, "vocabulary": vocabulary is not None}
+                "options": dataclasses.asdict(options), "committed": 0, "vocabulary": vocabulary is not None,
+                "calibration": calibration is not None}
         with _lite_quiet(uri):
             try:
                 client.create_collection(collection, schema=schema, index_params=index_params,
@@ -338,8 +362,10 @@ class MilvusIndex:
                                  f"{options.index_params}: {error.message}") from None
             if vocabulary is not None:
                 _store_vocabulary(client, names[1], vocabulary)
+            if calibration is not None:
+                _store_calibration(client, names[2], calibration)
         client.load_collection(collection)
-        return cls(client, uri, collection, meta, vocabulary)
+        return cls(client, uri, collection, meta, vocabulary, calibration)
 
     @classmethod
     def open(cls, uri, collection, token=None):
@@ -353,8 +379,11 @@ class MilvusIndex:
         if meta.get("format") != FORMAT:
             raise ValueError(f"milvus:{uri}#{collection}: format {meta.get('format')!r}, expected {FORMAT!r}.")
         vocabulary = _load_vocabulary(client, collection + VOCABULARY_SUFFIX) if meta.get("vocabulary") else None
+        calibration = None
+        if meta.get("calibration"):
+            calibration = _load_calibration(client, collection + CALIBRATION_SUFFIX, f"milvus:{uri}#{collection}")
         client.load_collection(collection)
-        return cls(client, uri, collection, meta, vocabulary)
+        return cls(client, uri, collection, meta, vocabulary, calibration)
 
     def close(self):
         close_client(self.client, self.uri)
@@ -480,7 +509,7 @@ class MilvusIndex:
         """The k best images for one Query (or tag vectors), best first: a list of Hit."""
         return self.search_batch([query], k, **options)[0]
 
-    def search_batch(self, queries, k=10, search_params=None, candidates_per_hit=None):
+    def search_batch(self, queries, k=10, search_params=None, candidates_per_hit=None, min_probability=None):
         """The k best images for each query: one grouped search for all one-tag queries, one
         for the tags of all multi-tag queries, whose candidates are re-scored exactly.
 
@@ -489,7 +518,10 @@ class MilvusIndex:
             search_params: the index's search parameters for this search (default: the
                 collection's, e.g. {"nprobe": 32}).
             candidates_per_hit: multi-tag queries: images per tag (x k) before re-scoring.
+            min_probability: leave out the hits where a query tag's probability is below
+                it (a calibrated collection only), as RetrievalIndex does.
         """
+        check_min_probability(min_probability, self.calibration, self.location)
         queries = [q if isinstance(q, Query) else Query(q) for q in queries]
         for q in queries:
             if q.vectors.shape[1] != self.dim:
@@ -501,7 +533,11 @@ class MilvusIndex:
             raise ValueError(f"k must be in [1, {MAX_LIMIT}], got {k}.")
         params = {"metric_type": "IP", "params": dict(self.options.search_params, **(search_params or {}))}
         results = [None] * len(queries)
-        single = [i for i, q in enumerate(queries) if len(q.vectors) == 1]
+        # An approximate index's grouped search gives each image the best of the rows it
+        # visited, which need not be its best row (milvus-lite's IVF_FLAT missed some with
+        # every list probed): there one-tag queries are re-scored too.
+        exact = self.options.index_type.upper() in EXACT_INDEXES
+        single = [i for i, q in enumerate(queries) if len(q.vectors) == 1] if exact else []
         if single:
             found = self._grouped(np.concatenate([queries[i].vectors for i in single]), k, params)
             for i, hits in zip(single, found):
@@ -511,6 +547,12 @@ class MilvusIndex:
             per_hit = candidates_per_hit or self.options.candidates_per_hit
             for i, hits in zip(several, self._rescored([queries[i] for i in several], k, per_hit, params)):
                 results[i] = hits
+        if self.calibration is not None:
+            ids = sorted({hit.id for hits in results for hit in hits})
+            matrices = dict(zip(ids, self.matrices(ids))) if ids else {}
+            results = [with_probabilities(hits, query, np.stack([matrices[h.id] for h in hits]) if hits else None,
+                                          self.calibration, self.vocabulary, min_probability=min_probability)
+                       for query, hits in zip(queries, results)]
         return results
 
     def _grouped(self, vectors, limit, params):
@@ -595,6 +637,31 @@ def _load_vocabulary(client, name):
     entities.sort(key=lambda e: e["position"])
     return TagVocabulary([e["tag"] for e in entities], np.array([e["vector"] for e in entities], np.float32),
                          [e["position"] for e in entities if e["unseen"]])
+
+
+def _store_calibration(client, name, calibration):
+    from pymilvus import DataType
+
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("piece", DataType.INT64, is_primary=True)
+    schema.add_field("text", DataType.VARCHAR, max_length=65_535)
+    schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)  # a Milvus collection has a vector field
+    index_params = client.prepare_index_params()
+    index_params.add_index("unused", index_type="FLAT", metric_type="IP")
+    client.create_collection(name, schema=schema, index_params=index_params, consistency_level="Strong")
+    text = json.dumps(calibration.to_dict())  # ASCII: a character is a byte
+    pieces = [{"piece": i, "text": text[start : start + CALIBRATION_PIECE], "unused": [0.0, 0.0]}
+              for i, start in enumerate(range(0, len(text), CALIBRATION_PIECE))]
+    for start in range(0, len(pieces), 64):
+        client.insert(name, pieces[start : start + 64])
+    client.flush(name)
+
+
+def _load_calibration(client, name, location):
+    client.load_collection(name)
+    pieces = _all(client, name, "piece >= 0", ["piece", "text"])
+    text = "".join(p["text"] for p in sorted(pieces, key=lambda p: p["piece"]))
+    return Calibration.from_dict(json.loads(text), source=f"{location}'s calibration")
 
 
 def _all(client, collection, condition, fields):

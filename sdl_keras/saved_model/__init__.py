@@ -14,18 +14,27 @@ and, beside the versions, the TF Serving deployment files `models.config`,
 `batching_parameters.txt` and `monitoring.config` (saved_models/README.md shows the serving
 command). Each version holds TF Serving's warmup file: every signature at every batch size
 the batching parameters allow.
+
+A calibrated run (RUN_DIR/calibration.json, sdl_keras.calibration) adds, as graph ops,
+`probabilities` (float [B, K]) and `above_threshold` (bool [B, K], the run's tuned
+thresholds or one given at export) to serving_default and `probabilities` (float [B, T],
+through the unseen-tag map) to score_tags. `assets.extra/calibration.json` says whether
+the export is calibrated and, if it is, holds the calibration and the mask's threshold.
 """
 
+import json
 import os
 import shutil
 
 import numpy as np
 
 from pipelines.decode import decode_images
+from sdl_keras.calibration import RANK_TOLERANCE
 from sdl_keras.run_dir import RunDirectory
 from sdl_keras.scoring import tag_scores
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+CALIBRATION_FILE = os.path.join("assets.extra", "calibration.json")
 
 # TF Serving's --enable_batching: up to 32 images a batch, waiting at most 2 ms for them. A
 # batch is padded to the next allowed size, so the warmup (run at each) covers every shape
@@ -68,11 +77,73 @@ def check_model(model, vocabulary, source="the model"):
     return in_shape[1], out_shape[1], out_shape[2]
 
 
-def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="none", decode_mode="fast"):
+class CalibrationOps:
+    """A Calibration (sdl_keras.calibration) as TensorFlow ops: the same functions as its
+    NumPy `probabilities` and `unseen_probabilities`, computed in float64 from float32
+    scores and returned as float32.
+
+    Shape contract: `probabilities(scores (B, C))` -> (B, C);
+    `unseen_probabilities(scores (B, T), vocabulary_scores (B, C))` -> (B, T).
+    """
+
+    def __init__(self, calibration):
+        tf = _tf()
+        self.calibration = calibration
+        is_unseen = np.zeros(len(calibration.tags), dtype=bool)
+        is_unseen[calibration.unseen] = True
+        self._is_unseen = tf.constant(is_unseen)
+        self._maps = {name: self._constants(getattr(calibration, name)) for name in ("tag_map", "unseen_map")}
+
+    @staticmethod
+    def _constants(score_map):
+        tf = _tf()
+        names = ("slope", "bias") if score_map.kind == "logistic" else ("start", "step", "values")
+        return score_map.kind, {n: tf.constant(getattr(score_map, n), tf.float64) for n in names}
+
+    def _apply(self, name, x):
+        tf = _tf()
+        kind, c = self._maps[name]
+        if kind == "logistic":
+            return tf.sigmoid(c["slope"] * x + c["bias"])
+        points = c["values"].shape[1]
+        position = tf.clip_by_value((x - c["start"]) / c["step"], 0.0, points - 1.0)
+        lower = tf.minimum(tf.floor(position), points - 2.0)
+        fraction = position - lower
+        rows = c["values"].shape[0]
+        row = tf.zeros_like(lower, tf.int32) if rows == 1 else tf.broadcast_to(tf.range(rows), tf.shape(x))
+        flat = tf.reshape(c["values"], [-1])
+        index = row * points + tf.cast(lower, tf.int32)
+        low, high = tf.gather(flat, index), tf.gather(flat, index + 1)
+        return low + fraction * (high - low)
+
+    def unseen_probabilities(self, scores, vocabulary_scores):
+        tf = _tf()
+        if self.calibration.unseen_pooling == "score":
+            return tf.cast(self._apply("unseen_map", tf.cast(scores, tf.float64)), tf.float32)
+        # Rank among the vocabulary: 1 + the vocabulary tags scoring higher (calibration.score_ranks).
+        ordered = tf.sort(vocabulary_scores, axis=1)
+        limits = scores + RANK_TOLERANCE * (1.0 + tf.abs(scores))
+        at_or_below = tf.searchsorted(ordered, limits, side="right")
+        rank = 1 + tf.shape(ordered, out_type=tf.int32)[1] - at_or_below
+        return tf.cast(self._apply("unseen_map", -tf.math.log(tf.cast(rank, tf.float64))), tf.float32)
+
+    def probabilities(self, scores):
+        tf = _tf()
+        seen = tf.cast(self._apply("tag_map", tf.cast(scores, tf.float64)), tf.float32)
+        if not self.calibration.unseen:
+            return seen
+        return tf.where(self._is_unseen, self.unseen_probabilities(scores, scores), seen)
+
+
+def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="none", decode_mode="fast",
+                         calibration=None, threshold=None):
     """A `keras.export.ExportArchive` holding the three SDL signatures (module docstring).
 
     `aggregation`, `crop` and `decode_mode` must be the run's (its config.json): tags are
-    scored and images decoded as in training and evaluation.
+    scored and images decoded as in training and evaluation. With a `calibration` (fitted for the
+    vocabulary's tags), serving_default and score_tags also return probabilities, and
+    serving_default the mask of `threshold` ("tuned", a probability, or None: the
+    calibration's default, `Calibration.threshold_vector`).
     """
     import keras
 
@@ -88,6 +159,10 @@ def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="n
     unseen = tf.constant(unseen)
 
     images_spec = tf.TensorSpec([None], tf.string, name="images")
+    if calibration is not None:
+        calibration.check_tags(vocabulary.tags)
+        calibrated = CalibrationOps(calibration)
+        thresholds = tf.constant(calibration.threshold_vector(threshold), tf.float64)
 
     def matrix_of(images):
         return model(decode_images(images, image_size, crop, decode_mode), training=False)
@@ -95,12 +170,17 @@ def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="n
     def serving_default(images):
         scores, rows = tag_scores(matrix_of(images), vocabulary_vectors, aggregation)
         top_scores, top = tf.math.top_k(scores, k=top_k)
-        return {
+        outputs = {
             "tags": tf.gather(tag_names, top),
             "scores": top_scores,
             "rows": tf.gather(rows, top, batch_dims=1),
             "unseen": tf.gather(unseen, top),
         }
+        if calibration is not None:
+            probabilities = tf.gather(calibrated.probabilities(scores), top, batch_dims=1)
+            outputs["probabilities"] = probabilities
+            outputs["above_threshold"] = tf.cast(probabilities, tf.float64) >= tf.gather(thresholds, top)
+        return outputs
 
     def matrix(images):
         return {"matrix": matrix_of(images)}
@@ -108,8 +188,14 @@ def build_export_archive(model, vocabulary, top_k=10, aggregation="max", crop="n
     def score_tags(images, tag_vectors):
         # Served tags are scored like the vocabulary's, whose vectors are l2-normalized
         # (DESIGN.md conventions); raw word vectors would otherwise score on another scale.
-        scores, _ = tag_scores(matrix_of(images), tf.math.l2_normalize(tag_vectors, axis=-1), aggregation)
-        return {"scores": scores}
+        matrices = matrix_of(images)
+        scores, _ = tag_scores(matrices, tf.math.l2_normalize(tag_vectors, axis=-1), aggregation)
+        if calibration is None:
+            return {"scores": scores}
+        vocabulary_scores = None
+        if calibration.unseen_pooling == "rank":
+            vocabulary_scores, _ = tag_scores(matrices, vocabulary_vectors, aggregation)
+        return {"scores": scores, "probabilities": calibrated.unseen_probabilities(scores, vocabulary_scores)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -167,6 +253,37 @@ def write_warmup_requests(saved_model_dir, model_name, image_size, embed_dim, ba
                     request.inputs["tag_vectors"].CopyFrom(tf.make_tensor_proto(tag_vectors))
                 log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
                 writer.write(log.SerializeToString())
+
+
+def write_calibration_file(saved_model_dir, calibration=None, threshold=None, reason=None):
+    """`assets.extra/calibration.json`: {"calibrated": false, "reason"} for an uncalibrated
+    export; else {"calibrated": true, "above_threshold": the mask's threshold ("tuned" or a
+    probability), "calibration": the Calibration's dict}."""
+    if calibration is None:
+        content = {"calibrated": False, "reason": reason or "the run has no calibration.json"}
+    else:
+        if threshold is None:
+            threshold = "tuned" if calibration.probability_threshold is None else calibration.probability_threshold
+        content = {"calibrated": True, "above_threshold": threshold, "calibration": calibration.to_dict()}
+    path = os.path.join(saved_model_dir, CALIBRATION_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(content, f)
+
+
+def read_calibration_file(saved_model_dir):
+    """(Calibration or None, the export's calibration.json content) of an export folder;
+    an export written before calibration existed reads as uncalibrated."""
+    from sdl_keras.calibration import Calibration
+
+    path = os.path.join(saved_model_dir, CALIBRATION_FILE)
+    if not os.path.exists(path):
+        return None, {"calibrated": False, "reason": f"{path} does not exist (an older export)"}
+    with open(path, encoding="utf-8") as f:
+        content = json.load(f)
+    if not content.get("calibrated"):
+        return None, content
+    return Calibration.from_dict(content["calibration"], source=path), content
 
 
 def write_serving_config(base_path, model_name, serving_base_path=None, num_versions=2):
@@ -241,8 +358,14 @@ def export_model(
     model_name=None,
     serving_base_path=None,
     num_versions=2,
+    calibration=None,
+    threshold=None,
+    uncalibrated_reason=None,
 ):
     """Writes `base_path/<version>/` and refreshes the deployment files; returns its path.
+
+    `calibration` and `threshold` as `build_export_archive`; `uncalibrated_reason` is what
+    an uncalibrated export's calibration.json says.
 
     The SavedModel is written to a hidden temporary folder and renamed into place, so
     a server polling `base_path` (TF Serving, `sdl_keras.serving.server`) never loads a
@@ -260,11 +383,13 @@ def export_model(
     staging = os.path.join(base_path, f".exporting-{version}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        build_export_archive(model, vocabulary, top_k, aggregation, crop, decode_mode).write_out(staging, verbose=False)
+        build_export_archive(model, vocabulary, top_k, aggregation, crop, decode_mode, calibration,
+                             threshold).write_out(staging, verbose=False)
         bad = python_ops(staging)
         if bad:
             raise ValueError(f"The exported graph holds ops TF Serving cannot run: {bad}")
         write_warmup_requests(staging, model_name, image_size, embed_dim)
+        write_calibration_file(staging, calibration, threshold, uncalibrated_reason)
         os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -273,11 +398,14 @@ def export_model(
 
 
 def export_run(run_dir, output_dir="saved_models", name=None, version=None, top_k=10, serving_base_path=None,
-               num_versions=2, checkpoint=None, vocabulary=None):
+               num_versions=2, checkpoint=None, vocabulary=None, threshold=None):
     """Exports a run directory (its model.keras, or `checkpoint`) with its vocabulary, scoring
-    and decoding as the run's config says; returns (path of the version written, settings).
+    and decoding as the run's config says, calibrated when the run is (its calibration.json,
+    fitted for the same model file and tags); returns (path of the version written, settings).
 
-    `name` defaults to the run directory's name; `vocabulary` (an .npz path) to the run's.
+    `name` defaults to the run directory's name; `vocabulary` (an .npz path) to the run's;
+    `threshold` is the above_threshold mask's ("tuned", a probability; default the
+    calibration's own).
     """
     from sdl_keras import saving
     from sdl_keras.embeddings import TagVocabulary
@@ -291,10 +419,16 @@ def export_run(run_dir, output_dir="saved_models", name=None, version=None, top_
     vocab = TagVocabulary.load(vocabulary) if vocabulary else run.vocabulary()
     check_model(model, vocab, source=checkpoint)
     name = name or run.name
+    calibration, reason = run.calibration_for(checkpoint, vocab)
+    if calibration is None and threshold is not None:
+        raise ValueError(f"--threshold={threshold} needs a calibrated run: {reason}.")
     settings = {"aggregation": config.loss.aggregation, "crop": config.data.crop,
                 "decode_mode": config.data.decode_mode}
     path = export_model(
         model, vocab, os.path.join(output_dir, name), version=version, top_k=top_k, model_name=name,
-        serving_base_path=serving_base_path, num_versions=num_versions, **settings,
+        serving_base_path=serving_base_path, num_versions=num_versions, calibration=calibration,
+        threshold=threshold, uncalibrated_reason=reason, **settings,
     )
-    return path, dict(settings, tags=len(vocab), unseen=len(vocab.unseen))
+    return path, dict(settings, tags=len(vocab), unseen=len(vocab.unseen), calibrated=calibration is not None,
+                      reason=reason)
+

@@ -178,6 +178,8 @@ def tag_images(client, model, images, signature="serving_default", version=None,
             scores = outputs["scores"][i]
             order = np.argsort(-scores, kind="stable")[:top_k]
             results.append({"tags": [tags[j] for j in order], "scores": scores[order].tolist()})
+            if "probabilities" in outputs:  # a calibrated export: through its unseen-tag map
+                results[-1]["probabilities"] = outputs["probabilities"][i][order].tolist()
         else:
             # serving_default's outputs in their documented order, then any others.
             keys = [k for k in _OUTPUT_ORDER if k in outputs] + sorted(set(outputs) - set(_OUTPUT_ORDER))
@@ -191,14 +193,21 @@ def format_table(names, results):
     width = max([len("image")] + [len(n) for n in names])
     for name, result in zip(names, results):
         if "tags" in result:
+            # A calibrated export also gives each tag's probability (and serving_default its mask).
+            probabilities = result.get("probabilities")
             if not lines:
-                lines.append(f"{'image':<{width}}  {'tag':<20} {'score':>9} {'row':>4}  unseen")
+                lines.append(f"{'image':<{width}}  {'tag':<20} {'score':>9} {'row':>4}  unseen"
+                             + ("  probability" if probabilities else ""))
             rows, unseen = result.get("rows"), result.get("unseen")  # score_tags has neither
             for j, tag in enumerate(result["tags"]):
                 label = name if j == 0 else ""
                 row = rows[j] if rows else ""
                 mark = "*" if unseen and unseen[j] else ""
-                lines.append(f"{label:<{width}}  {tag:<20} {result['scores'][j]:>9.4f} {row!s:>4}  {mark}")
+                line = f"{label:<{width}}  {tag:<20} {result['scores'][j]:>9.4f} {row!s:>4}  {mark:<6}"
+                if probabilities:
+                    above = result.get("above_threshold")
+                    line += f"  {probabilities[j]:.3f}" + (" (above threshold)" if above and above[j] else "")
+                lines.append(line.rstrip())
         else:
             for key, value in result.items():
                 array = np.asarray(value)

@@ -104,14 +104,18 @@ class ZeroShotEvaluation(keras.callbacks.Callback):
             return
         results, samples = self.evaluate()
         self.last = dict(samples, epoch=epoch, results=results)
-        figures = {f"val_{key}": float(value) for key, value in results.items() if "/num_" not in key}
+        # A validation split held out of the training images has no unseen positive: its
+        # ZSL figures would be zeros, not measurements, and are left out of the logs.
+        zsl = results["zsl/num_images"] > 0
+        figures = {f"val_{key}": float(value) for key, value in results.items()
+                   if "/num_" not in key and (zsl or not key.startswith("zsl/"))}
         if logs is not None:
             logs.update(figures)
         k = self.ks[0]
         logger.info(
-            "Epoch %d zero-shot evaluation: ZSL mAP %.2f F1@%d %.2f | GZSL mAP %.2f F1@%d %.2f",
-            epoch + 1, results["zsl/mAP"], k, results[f"zsl/F1@{k}"], results["gzsl/mAP"], k,
-            results[f"gzsl/F1@{k}"],
+            "Epoch %d zero-shot evaluation: %s | GZSL mAP %.2f F1@%d %.2f", epoch + 1,
+            f"ZSL mAP {results['zsl/mAP']:.2f} F1@{k} {results[f'zsl/F1@{k}']:.2f}" if zsl
+            else "ZSL: no unseen positive in the validation images", results["gzsl/mAP"], k, results[f"gzsl/F1@{k}"],
         )
 
 

@@ -9,6 +9,11 @@ of `callbacks.ZeroShotEvaluation` under the "validation" run):
   win are wasted), the embedding projector of the tag vectors (seen/unseen as
   metadata) and the run's hyperparameters for the HParams dashboard.
 
+- `render_reliability_diagram` / `write_reliability_diagrams`: how often a tag applies
+  against the probability given it, per probability bin, for seen and unseen tags before
+  and after calibration (`sdl_keras.calibrate` writes them under the "calibration" run for
+  the validation split, `sdl_keras.evaluate` under the "test" run for the test split).
+
 Summaries are written with TensorFlow's summary API, the TensorBoard file format (as
 `keras.callbacks.TensorBoard` does on every Keras backend).
 """
@@ -65,6 +70,77 @@ def render_top_tags(image, tags, labels, scores, rows, unseen, top_k=5, scale=No
     draw.text((x, 2 + (top_k + 1) * line_height), "true: " + ", ".join(positives)[:40], fill=(200, 200, 120),
               font=font)
     return np.asarray(canvas)
+
+
+# Curve colours of a reliability diagram, in the order the curves are given.
+_CURVE_COLOURS = ((150, 150, 150), (40, 110, 220), (230, 120, 30), (60, 170, 80))
+
+
+def render_reliability_diagram(curves, title="", size=300):
+    """A reliability diagram as an (H, W, 3) uint8 picture: for each curve (name ->
+    `evaluation.reliability_curve` result, with an optional "ece"), the fraction of
+    positive pairs (y) against the mean probability (x) of each non-empty bin, the
+    diagonal of perfect calibration, and under the plot how many pairs each bin holds."""
+    from PIL import Image, ImageDraw
+
+    margin, strip, legend = 34, 46, 16 * len(curves) + 8
+    width, height = size + 2 * margin, size + 2 * margin + strip + legend
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = _font()
+    left, top, bottom = margin, margin, margin + size
+
+    def point(x, y):
+        return left + x * size, bottom - y * size
+
+    draw.rectangle((left, top, left + size, bottom), outline=(0, 0, 0))
+    for tick in np.linspace(0, 1, 6):
+        x, y = point(tick, tick)
+        draw.line((x, bottom, x, bottom + 4), fill=(0, 0, 0))
+        draw.line((left - 4, y, left, y), fill=(0, 0, 0))
+        draw.text((x - 8, bottom + 6), f"{tick:.1f}", fill=(0, 0, 0), font=font)
+        draw.text((2, y - 6), f"{tick:.1f}", fill=(0, 0, 0), font=font)
+    draw.line((*point(0, 0), *point(1, 1)), fill=(190, 190, 190), width=1)
+    draw.text((left, 8), title, fill=(0, 0, 0), font=font)
+    draw.text((left + size // 2 - 40, bottom + 20), "probability given", fill=(0, 0, 0), font=font)
+    strip_top = bottom + 36
+    draw.text((left + size - 120, strip_top - 2), "pairs per bin (log)", fill=(90, 90, 90), font=font)
+    for i, (name, curve) in enumerate(curves.items()):
+        colour = _CURVE_COLOURS[i % len(_CURVE_COLOURS)]
+        count = np.asarray(curve["count"])
+        bins = len(count)
+        filled = np.nonzero(count)[0]
+        points = [point(curve["confidence"][b], curve["frequency"][b]) for b in filled]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+        # Pairs per bin, on a log scale: most pairs sit in the lowest bin.
+        heights = np.log1p(count) / max(np.log1p(count).max(), 1e-9) * (strip - 14) / len(curves)
+        for b in filled:
+            x0 = left + b * size / bins + i * (size / bins) / len(curves)
+            x1 = x0 + (size / bins) / len(curves) - 1
+            y1 = strip_top + (i + 1) * (strip - 14) / len(curves)
+            draw.rectangle((x0, y1 - heights[b], x1, y1), fill=colour)
+        ece = f"  ECE {curve['ece']:.3f}" if "ece" in curve else ""
+        draw.text((left, strip_top + strip - 8 + 16 * i), f"{name}: {int(count.sum())} pairs{ece}", fill=colour,
+                  font=font)
+    draw.text((left + size - 150, top + 4), "fraction positive (y)", fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def write_reliability_diagrams(log_dir, diagrams, step=0):
+    """Image summaries "reliability/<name>" in `log_dir`, one per entry of `diagrams`
+    (name -> (title, curves), as `render_reliability_diagram` takes them)."""
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default(step=step):
+        for name, (title, curves) in diagrams.items():
+            tf.summary.image(f"reliability/{name}", render_reliability_diagram(curves, title)[None],
+                             description=f"Reliability diagram: {title}. Fraction of positive (image, tag) pairs "
+                             "against the probability given them, per bin of 1/15.")
+    writer.close()
 
 
 def top_tags_markdown(sample, tags, unseen, top_k=5):

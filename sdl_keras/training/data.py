@@ -1,5 +1,11 @@
 """What a training run reads: its vocabulary, its training batches (labels over the seen
-tags only) and its validation batches (labels over every tag)."""
+tags only) and its validation split (labels over every tag).
+
+The validation split is held out of the training images (`validation_fraction`, which
+images fixed by the seed) or read from `validation_source`; never the test set. The
+zero-shot evaluation during training, the best-model checkpoint and the calibration
+(sdl_keras.training.calibrate) use it; `sdl_keras.evaluate` alone reads the test split.
+"""
 
 import dataclasses
 import logging
@@ -7,8 +13,7 @@ import logging
 import numpy as np
 
 from pipelines.files import check_positives_bound, image_label_dataset
-from pipelines.readers import TFRECORD, load_split
-from pipelines.splits import split_batches
+from pipelines.readers import TFRECORD, LabeledImages, load_split
 from pipelines.tfrecord import records
 from sdl_keras.embeddings import TagVocabulary
 from sdl_keras.losses import max_positives_needed
@@ -52,14 +57,54 @@ class TrainingData:
     # Counts the unreadable images (pipelines.files) or TFRecord records
     # (pipelines.tfrecord.records) the pipeline drops, or None.
     unreadable_images: object = None
+    # The images held out of the training split as the validation split (LabeledImages), or None.
+    held_out: object = None
+
+
+def held_out_indices(count, fraction, seed):
+    """The sorted indices of the `round(fraction * count)` images (at least one when
+    fraction > 0) a seeded permutation holds out of `count` training images."""
+    if not fraction:
+        return np.zeros(0, np.int64)
+    size = min(max(int(round(fraction * count)), 1), count - 1)
+    return np.sort(np.random.default_rng(seed).permutation(count)[:size])
+
+
+def split_off(images, indices):
+    """(kept, held out) LabeledImages: `images` without and with the rows `indices`."""
+    mask = np.zeros(len(images), dtype=bool)
+    mask[indices] = True
+
+    def subset(rows):
+        rows = np.nonzero(rows)[0]
+        return LabeledImages([images.paths[i] for i in rows], [images.ids[i] for i in rows], images.labels[rows])
+
+    return subset(~mask), subset(mask)
+
+
+def _carves_validation(config):
+    return bool(config.evaluation.validation_fraction) and not config.evaluation.validation_source
+
+
+def _training_images(config, vocabulary):
+    """(training images, held-out validation images or None) of a reader's training split."""
+    data = config.data
+    images = load_split(data.dataset, data.train_source, "train", vocabulary.tags, vocabulary.unseen_tags)
+    if not len(images):
+        raise ValueError(f"{data.train_source}: no training images.")
+    if not _carves_validation(config):
+        return images, None
+    if len(images) < 2:
+        raise ValueError(f"{data.train_source}: {len(images)} training image(s) cannot also give a validation "
+                         "split; set --validation_fraction=0 or give --validation_source.")
+    return split_off(images, held_out_indices(len(images), config.evaluation.validation_fraction,
+                                              config.runtime.seed))
 
 
 def _file_training_data(config, vocabulary):
     """The training split read by a pipelines.readers reader, labels in memory."""
     data = config.data
-    train_images = load_split(data.dataset, data.train_source, "train", vocabulary.tags, vocabulary.unseen_tags)
-    if not len(train_images):
-        raise ValueError(f"{data.train_source}: no training images.")
+    train_images, held_out = _training_images(config, vocabulary)
     labels = seen_labels(train_images.labels, vocabulary, data.train_source)
     bound = config.loss.max_positives
     max_positives = bound or max(max_positives_needed(labels), 1)
@@ -79,7 +124,7 @@ def _file_training_data(config, vocabulary):
     )
     origin = "max_positives" if bound else "the labels"
     return TrainingData(dataset, len(train_images), labels.shape[1], max_positives, origin,
-                        unreadable_images=dataset.unreadable_images)
+                        unreadable_images=dataset.unreadable_images, held_out=held_out)
 
 
 def _record_training_data(config, vocabulary, strategy):
@@ -130,15 +175,57 @@ def training_data(config, vocabulary, strategy):
     return _file_training_data(config, vocabulary)
 
 
-def validation_batches(config, vocabulary):
-    """Batches of (images, labels over all tags) for the zero-shot evaluation, or None."""
-    source = config.evaluation.validation_source or config.data.test_source
-    if not config.evaluation.eval_every or not source:
-        return None
-    data = config.data
-    batches, count = split_batches(data.dataset, source, "test", vocabulary.tags, vocabulary.unseen_tags,
-                                   data.image_size, data.batch_size, data.crop, data.decode_mode,
-                                   **({} if config.evaluation.validation_source else data.test_split_options()))
-    logger.info("Zero-shot evaluation every %d epoch(s) on %d images of %s.", config.evaluation.eval_every, count,
-                source)
-    return batches
+@dataclasses.dataclass
+class ValidationData:
+    """The validation split: `batches` of (uint8 images (B, S, S, 3), labels (B, C) over
+    every tag), one pass in order; how many images, where from, and whether any image has
+    an unseen positive (a split held out of the training images has none: ZSL figures
+    need labelled unseen tags)."""
+
+    batches: object
+    num_images: int
+    description: str
+    unseen_positives: bool
+
+
+def validation_data(config, vocabulary, held_out=None):
+    """The run's ValidationData, or None when it has none (validation_fraction=0 and no
+    validation_source, or --dataset=tfrecord without validation_source).
+
+    Args:
+        held_out: the LabeledImages `training_data` held out (saves reading the training
+            split again); by default the same images are held out again from the config.
+    """
+    data, evaluation = config.data, config.evaluation
+    source = evaluation.validation_source
+    if source and source == data.test_source:
+        logger.warning("validation_source is the test split: the best model and the calibration are then chosen "
+                       "on the test images, and the test figures are optimistic.")
+    if data.dataset == TFRECORD:
+        if not source:
+            if evaluation.validation_fraction:
+                logger.warning("No validation split: --validation_fraction is not held out of streamed TFRecords; "
+                               "give --validation_source (the records of held-out training images).")
+            return None
+        record_set = records.open_record_set(source, "test")
+        records.check_vocabulary(record_set, vocabulary.tags)
+        batches = records.evaluation_batches(record_set, data.image_size, data.batch_size, data.crop,
+                                             data.decode_mode)
+        unseen = record_set.unseen_positive_images
+        return ValidationData(batches, record_set.num_examples, source,
+                              bool(vocabulary.unseen) if unseen is None else unseen > 0)
+    if source:
+        images = load_split(data.dataset, source, "test", vocabulary.tags, vocabulary.unseen_tags)
+        if not len(images):
+            raise ValueError(f"{source}: no validation images.")
+        description = source
+    else:
+        if not evaluation.validation_fraction:
+            return None
+        images = held_out if held_out is not None else _training_images(config, vocabulary)[1]
+        description = (f"{data.train_source} (validation_fraction={evaluation.validation_fraction}, "
+                       f"seed {config.runtime.seed})")
+    batches = image_label_dataset(images.paths, images.labels, data.image_size, data.batch_size, crop=data.crop,
+                                  decode_mode=data.decode_mode)
+    unseen_positives = bool(vocabulary.unseen) and bool((images.labels[:, list(vocabulary.unseen)] == 1).any())
+    return ValidationData(batches, len(images), description, unseen_positives)

@@ -15,6 +15,7 @@ from pipelines.tfrecord.records import raising_unreadable_shards
 from sdl_keras import saving
 from sdl_keras.run_dir import RunDirectory
 from sdl_keras.training import distribute
+from sdl_keras.training.calibrate import fit_model_calibration, write_calibration
 from sdl_keras.training.callbacks import (
     BackupAndRestore,
     BestModelCheckpoint,
@@ -22,13 +23,13 @@ from sdl_keras.training.callbacks import (
     ZeroShotEvaluation,
 )
 from sdl_keras.training.dashboards import TensorBoardDashboards, hparams_of
-from sdl_keras.training.data import load_vocabulary, training_data, validation_batches
+from sdl_keras.training.data import load_vocabulary, training_data, validation_data
 from sdl_keras.training.model import augmentation_layers, build_compiled_model, resolve
 
 logger = logging.getLogger(__name__)
 
 
-def build_callbacks(config, model, vocabulary, validation, write_dir, strategy):
+def build_callbacks(config, model, vocabulary, validation, write_dir, strategy, monitor=None):
     """The run's callbacks, in the order they must run at an epoch's end: the backup (before
     the EMA swap, so it holds the training weights), the EMA swap (so the evaluation and
     checkpoint see the averaged weights), the zero-shot evaluation (its figures go into the
@@ -38,6 +39,8 @@ def build_callbacks(config, model, vocabulary, validation, write_dir, strategy):
     Args:
         validation: batches of (images, labels over all tags), or None for no evaluation.
         write_dir: where this process writes (`distribute.write_directory`).
+        monitor: what the best-model checkpoint maximizes; default the validation ZSL mAP
+            when the vocabulary has unseen tags, else the GZSL mAP.
     """
     run, written = RunDirectory(config.runtime.output_dir), RunDirectory(write_dir)
     callbacks = [
@@ -60,11 +63,18 @@ def build_callbacks(config, model, vocabulary, validation, write_dir, strategy):
             evaluation,
             TensorBoardDashboards(written.logs_dir, evaluation, top_k=max(ks), hparams=hparams_of(config)),
             BestModelCheckpoint(
-                written.best_model_path, monitor="val_zsl/mAP" if vocabulary.unseen else "val_gzsl/mAP"
+                written.best_model_path, monitor=monitor or ("val_zsl/mAP" if vocabulary.unseen else "val_gzsl/mAP")
             ),
         ]
     callbacks += [keras.callbacks.TensorBoard(written.logs_dir), keras.callbacks.TerminateOnNaN()]
     return callbacks
+
+
+def _calibrate(config, model, vocabulary, validation, run, strategy, step):
+    """`--calibrate`: the calibration of the final model on the validation split, as
+    `python -m sdl_keras.calibrate` fits it (every worker computes it; the chief's is kept)."""
+    predict = distribute.local_predict_function(model) if strategy.num_replicas_in_sync > 1 else None
+    write_calibration(run, *fit_model_calibration(model, vocabulary, config, validation, predict), step=step)
 
 
 def fit_verbosity(verbose):
@@ -109,7 +119,19 @@ def train(config, callbacks=()):
     # the same number of steps per epoch.
     epochs = config.optimizer.epochs
     steps = config.optimizer.steps_per_epoch or max(train_data.num_images // data_config.batch_size, 1)
-    validation = validation_batches(config, vocabulary)
+    evaluate_every, calibrate = config.evaluation.eval_every, config.calibration.calibrate
+    validation = validation_data(config, vocabulary, train_data.held_out) if evaluate_every or calibrate else None
+    if calibrate and validation is None:
+        raise ValueError("--calibrate needs a validation split: set --validation_fraction > 0 or "
+                         "--validation_source (never the test split).")
+    # A validation split without unseen positives (one held out of the training images)
+    # selects the model that ranks the seen tags best.
+    monitor = "val_zsl/mAP" if validation is not None and validation.unseen_positives else "val_gzsl/mAP"
+    if validation is not None:
+        logger.info("Validation split: %d images of %s; %s%s.", validation.num_images, validation.description,
+                    f"zero-shot evaluation every {evaluate_every} epoch(s), best.keras by {monitor}"
+                    if evaluate_every else "no evaluation during training", ", calibrated at the end" * calibrate)
+    batches = validation.batches if validation is not None and evaluate_every else None
     extra = [UnreadableImagesLogger(train_data.unreadable_images)] if train_data.unreadable_images else []
 
     xla_request = runtime.xla_mode if runtime.jit_compile else "off"
@@ -137,8 +159,8 @@ def train(config, callbacks=()):
                 epochs=epochs,
                 steps_per_epoch=steps,
                 shuffle=False,  # the dataset shuffles
-                callbacks=[*build_callbacks(config, model, vocabulary, validation, write_dir, strategy), *extra,
-                           *callbacks],
+                callbacks=[*build_callbacks(config, model, vocabulary, batches, write_dir, strategy, monitor),
+                           *extra, *callbacks],
                 verbose=fit_verbosity(runtime.verbose),
             )
         final = {key: float(values[-1]) for key, values in history.history.items() if values}
@@ -148,6 +170,8 @@ def train(config, callbacks=()):
                 f"no {RunDirectory.MODEL} written. Lower the learning rate or check the data."
             )
         saving.save_model(model, run.model_path)
+        if calibrate:
+            _calibrate(config, model, vocabulary, validation, run, strategy, len(history.epoch))
         run.write_metrics({
             "epoch": (history.epoch[-1] + 1) if history.epoch else epochs,
             "step": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),

@@ -243,6 +243,10 @@ def user_path(user, flagfile, name, data, images, index_images, indexed_ids, uns
         assert [client[k] for k in ("tags", "rows", "unseen")] == [local[k] for k in ("tags", "rows", "unseen")], (
             client, local)
         assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(client["scores"], local["scores"])), (client, local)
+        # A calibrated run's export serves probabilities too, through the server as offline.
+        assert ("probabilities" in client) == ("probabilities" in local) == (run.calibration() is not None)
+        assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(client.get("probabilities", ()),
+                                                                    local.get("probabilities", ()))), (client, local)
     user.search(run, index_images, indexed_ids, unseen_tag, search_flags)
     print(f"{name}: {user.timing()}")
     return run

@@ -58,13 +58,15 @@ def test_coco_flags(tmp_path):
     run = flow.user_path(user, "configs/coco.flags", "coco", data, test_images[:3], ["--images=coco/val2014"],
                          val_images, "tennis racket")
     train_log = user.output("sdl_keras.train")
-    assert "COCO train: all 32 image files present" in train_log and "COCO test: all 16 image files present" in train_log
+    assert "COCO train: all 32 image files present" in train_log
+    # The restricted files (val_17_48.json, val_unseen.json) name only their own images.
+    assert f"COCO test: all {len(test_images)} image files present" in user.output("sdl_keras.evaluate")
     config = run.config()
     assert config.data.dataset == "coco" and not config.data.allow_pickle
     assert config.model.augment and config.model.augmentation == "official" and config.model.cutout_rate is None
     assert config.model.num_rows == 2 and config.loss.reg_weight == 0.3
     assert config.optimizer.learning_rate == 1e-4 and config.optimizer.weight_decay == 3e-4
-    assert config.evaluation.ks == (3,)
+    assert config.evaluation.ks == (3,) and config.evaluation.validation_fraction == 0
     vocabulary = run.vocabulary()
     assert vocabulary.tags == SEEN + UNSEEN and vocabulary.unseen_tags == list(UNSEEN)
 

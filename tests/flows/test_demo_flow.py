@@ -7,7 +7,7 @@ import json
 from tests import testing
 from tests.flows import flow
 
-DATA = ("--num_train=64", "--num_test=32", "--image_size=32")
+DATA = ("--num_train=64", "--num_test=32", "--num_validation=32", "--image_size=32")
 
 
 def demo_path(folder, *overrides):

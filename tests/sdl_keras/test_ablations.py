@@ -58,6 +58,7 @@ def test_runner_trains_evaluates_and_writes_the_table(tmp_path):
         f"--train_source={files['train.jsonl']}", f"--test_source={files['test.jsonl']}", f"--tags={files['tags.txt']}",
         f"--word_vectors={files['words.vec']}", f"--unseen_tags={files['unseen_tags.txt']}", "--image_size=32",
         "--batch_size=32", "--epochs=1", "--steps_per_epoch=2", "--jit_compile=false", "--eval_every=0",
+        "--validation_source=", "--calibrate=false",
         "--verbose=0",
     ]
     flagfiles = [os.path.join(CONFIGS, "ablation_impl.flags"), os.path.join(CONFIGS, "ablation_c.flags")]

@@ -37,7 +37,8 @@ COMMANDS = command_modules()
 def test_the_commands_are_the_documented_ones():
     assert set(COMMANDS) == {
         "sdl_keras.train", "sdl_keras.evaluate", "sdl_keras.export", "sdl_keras.convert", "sdl_keras.tag",
-        "sdl_keras.search", "sdl_keras.ablations", "sdl_keras.compare", "sdl_keras.reproduce", "sdl_keras.serving.server",
+        "sdl_keras.search", "sdl_keras.calibrate", "sdl_keras.ablations", "sdl_keras.compare", "sdl_keras.reproduce",
+        "sdl_keras.serving.server",
         "sdl_keras.serving.client", "pipelines.demo", "pipelines.to_tfrecord",
     }
 

@@ -1,5 +1,6 @@
 """evaluate_scores: parity with the official evaluation's goldens, a brute-force
-reference for unknown labels and ties, and the table layout."""
+reference for unknown labels and ties, and the table layout; the threshold metrics
+(CP/CR/CF1, OP/OR/OF1) and the expected calibration error on hand-counted cases."""
 
 import numpy as np
 import pytest
@@ -104,6 +105,52 @@ def test_bad_shapes_are_named():
         evaluation.evaluate_scores(np.zeros((2, 3)), np.zeros((2, 4)), [0])
     with pytest.raises(ValueError, match="unseen indices"):
         evaluation.evaluate_scores(np.zeros((2, 3)), np.zeros((2, 3)), [3])
+
+
+def test_threshold_metrics_by_hand():
+    # 3 images x 3 tags; tag 2 is unseen. Predictions p >= 0.5.
+    probabilities = np.array([[0.9, 0.6, 0.7], [0.2, 0.8, 0.1], [0.7, 0.1, 0.9]])
+    labels = np.array([[1, 0, 1], [0, 1, -1], [0, -1, 1]])
+    figures = evaluation.threshold_metrics(probabilities, labels, 0.5, unseen=[2])
+    # GZSL: tag 0: 2 predicted, 1 hit, 1 positive; tag 1: 2 predicted (the -1 of image 3 is
+    # neither hit nor miss), 1 hit, 1 positive; tag 2: 2 predicted, 2 hits, 2 positives.
+    assert figures["gzsl/CP"] == pytest.approx(100 * 2 / 3) and figures["gzsl/CR"] == pytest.approx(100.0)
+    assert figures["gzsl/CF1"] == pytest.approx(80.0)
+    assert figures["gzsl/OP"] == pytest.approx(100 * 4 / 6) and figures["gzsl/OR"] == pytest.approx(100.0)
+    # ZSL: tag 2 only, images 1 and 3 (the unseen positives): 2 predicted, 2 hits.
+    assert figures["zsl/CP"] == figures["zsl/CR"] == figures["zsl/OF1"] == pytest.approx(100.0)
+    # Per-tag thresholds; tag 0 has a positive but no prediction: precision 0.
+    per_tag = evaluation.threshold_metrics(probabilities, labels, np.array([0.95, 0.5, 0.5]), unseen=[2])
+    assert per_tag["gzsl/CP"] == pytest.approx(50.0) and per_tag["gzsl/CR"] == pytest.approx(100 * 2 / 3)
+
+
+def test_expected_calibration_error_by_hand():
+    probabilities = np.array([0.05, 0.05, 0.95, 0.95, 0.5, 0.99])
+    labels = np.array([0, 1, 1, 1, 0, -1])
+    curve = evaluation.reliability_curve(probabilities, labels)
+    assert curve["count"].sum() == 5 and curve["count"][0] == 2 and curve["count"][14] == 2
+    # Bins: [0.05, 0.05] -> frequency 0.5, gap 0.45; [0.95, 0.95] -> 1.0, gap 0.05; [0.5] -> 0, gap 0.5.
+    expected = (2 * 0.45 + 2 * 0.05 + 0.5) / 5
+    assert evaluation.expected_calibration_error(probabilities, labels) == pytest.approx(expected)
+
+
+def test_calibration_errors_of_the_top_pairs_per_image():
+    scores = np.array([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0]])
+    labels = np.array([[1, 0, 0, 0], [0, 0, 1, 1]])
+    probabilities = np.array([[1.0, 0.0, 0.9, 0.9], [0.0, 0.0, 0.1, 1.0]])
+    errors = evaluation.calibration_errors(probabilities, scores, labels, unseen=[3], k=2)
+    # Top-2 pairs: image 1 tags 0, 1 (seen, calibrated), image 2 tags 3 (unseen, right), 2 (seen, p 0.1 for a hit).
+    assert errors["ece/seen@2/pairs"] == 3 and errors["ece/unseen@2/pairs"] == 1
+    assert errors["ece/seen@2"] == pytest.approx(0.9 / 3) and errors["ece/unseen@2"] == 0.0
+    assert errors["ece/unseen"] == pytest.approx(0.9 / 2)
+    tables = evaluation.format_calibration_table({"calibrated": errors}, k=2)
+    assert tables.splitlines()[2].split("|")[1].strip() == f"{0.9 / 3:.3f}"
+    rows = [{"probabilities": "calibrated", "thresholds": "tuned", **evaluation.threshold_metrics(
+        probabilities, labels, 0.5, [3])}]
+    table = evaluation.format_threshold_table(rows).splitlines()
+    assert [cell.strip() for cell in table[0].split("|")] == [
+        "Probabilities", "Thresholds", "Task", "CP", "CR", "CF1", "OP", "OR", "OF1"]
+    assert [line.split("|")[2].strip() for line in table[2:]] == ["ZSL", "GZSL"]
 
 
 if __name__ == "__main__":

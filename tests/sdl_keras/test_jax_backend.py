@@ -73,7 +73,7 @@ WITHOUT_TENSORFLOW = BLOCK_TENSORFLOW + textwrap.dedent(
     import numpy as np
     import sdl_keras
     import sdl_keras.evaluation, sdl_keras.layers, sdl_keras.losses, sdl_keras.methods, sdl_keras.metrics
-    import sdl_keras.models, sdl_keras.run_dir, sdl_keras.saving, sdl_keras.scoring
+    import sdl_keras.calibration, sdl_keras.models, sdl_keras.run_dir, sdl_keras.saving, sdl_keras.scoring
     import keras
     assert keras.backend.backend() == "jax"
     from sdl_keras.config import TrainConfig

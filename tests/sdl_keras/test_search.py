@@ -117,7 +117,7 @@ def test_command_line_builds_adds_and_queries_a_milvus_collection(exported, tmp_
                        "--milvus_index_type=IVF_FLAT", '--milvus_index_params={"nlist": 2}',
                        '--milvus_search_params={"nprobe": 2}')
     assert build.returncode == 0, build.stderr[-3000:]
-    assert "5 images added, 0 skipped, 5 in the index (3 x 16 float32, Milvus IVF_FLAT index)" in build.stderr
+    assert "5 images added, 0 skipped, 5 in the index (3 x 16 float32, Milvus IVF_FLAT index, uncalibrated)" in build.stderr
     add = run_search("add", f"--index={location}", *more)  # with the model the collection records
     assert add.returncode == 0 and "2 images added" in add.stderr, add.stderr[-3000:]
     query = run_search("query", f"--index={location}", "--tag=sky", "--tag=teddy bear", "--top_n=7", "--json")

@@ -53,5 +53,20 @@ def test_split_vectors_and_images(tmp_path):
     assert image.size == (32, 32) and image.mode == "RGB"
 
 
+def test_the_validation_split_shows_unseen_objects_labelled_for_seen_tags_only(tmp_path):
+    files = make_demo_dataset(str(tmp_path / "v"), DemoConfig(**{**CONFIG.__dict__, "num_validation": 30}))
+    vocabulary = TagVocabulary.from_files(files["tags.txt"], files["words.vec"], files["unseen_tags.txt"])
+    validation = read_manifest(files["validation.jsonl"], vocabulary.tags)
+    unseen, seen = list(vocabulary.unseen), list(vocabulary.seen)
+    assert len(validation) == 30 and (validation.labels[:, unseen] == -1).all()
+    assert set(np.unique(validation.labels[:, seen])) == {0.0, 1.0}
+    # Drawn like the test split: half its images hold an unseen pair (unlabelled), so some
+    # images have no positive seen tag at all; the training and test splits do not change.
+    assert (validation.labels[:, seen] == 1).sum(axis=1).min() == 0
+    make_demo_dataset(str(tmp_path / "w"), CONFIG)
+    for split in ("train", "test"):
+        assert digest(tmp_path / "v" / "images" / split) == digest(tmp_path / "w" / "images" / split)
+
+
 if __name__ == "__main__":
     testing.run(__file__)

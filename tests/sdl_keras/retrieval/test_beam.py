@@ -91,7 +91,7 @@ def test_beam_build_writes_to_milvus(photos):
     done = run_search("build", f"--index={location}", *common, f"--tfrecords={root}/*.tfrecord",
                       "--runner=DirectRunner")
     assert done.returncode == 1, done.stderr[-3000:]
-    assert "12 images added, 2 skipped, 12 in the index (3 x 16 float32, Milvus FLAT index)" in done.stderr
+    assert "12 images added, 2 skipped, 12 in the index (3 x 16 float32, Milvus FLAT index, uncalibrated)" in done.stderr
     index = open_index(location)
     try:
         expected = by_id(single)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sdl_keras import saved_model as export
+from sdl_keras import calibration as cal, saved_model as export
 from sdl_keras.config import TrainConfig
 from sdl_keras.scoring import tag_scores
 from tests import testing
@@ -109,6 +109,54 @@ def test_graph_holds_no_python_ops(exported, tmp_path):
     )
     tf.saved_model.save(module, str(tmp_path / "py"), signatures=module.f)
     assert export.python_ops(str(tmp_path / "py")) == ["EagerPyFunc"]
+
+
+def test_an_uncalibrated_export_says_so(exported):
+    calibration, metadata = export.read_calibration_file(str(exported["base"] / "1"))
+    assert calibration is None and metadata["calibrated"] is False
+    assert "calibration.json does not exist" in metadata["reason"]
+
+
+@pytest.mark.parametrize("method", cal.METHODS)
+@pytest.mark.parametrize("pooling", cal.UNSEEN_POOLINGS)
+def test_calibration_ops_equal_the_numpy_calibration(method, pooling):
+    """The graph ops the export runs and the NumPy reference, on the same float32 scores."""
+    rng = np.random.default_rng(3)
+    vocabulary = tiny.tiny_vocabulary()
+    scores = (rng.normal(size=(300, len(vocabulary))) * 3).astype(np.float32)
+    labels = (rng.random(scores.shape) < cal.sigmoid(1.5 * scores - 3)).astype(np.float32)
+    labels[5:, 0] = 0  # "sky": too few positives, the shared map
+    fitted = cal.fit_calibration(scores, labels, vocabulary.tags, vocabulary.unseen, method, pooling, min_positives=30)
+    assert fitted.shared == [0]
+    ops = export.CalibrationOps(fitted)
+    test_scores = (rng.normal(size=(50, len(vocabulary))) * 4).astype(np.float32)
+    np.testing.assert_allclose(ops.probabilities(tf.constant(test_scores)).numpy(), fitted.probabilities(test_scores),
+                               rtol=0, atol=1e-6)
+    new = test_scores[:, :5] + 0.5
+    np.testing.assert_allclose(ops.unseen_probabilities(tf.constant(new), tf.constant(test_scores)).numpy(),
+                               fitted.unseen_probabilities(new, test_scores), rtol=0, atol=1e-6)
+
+
+def test_a_calibrated_export_with_a_threshold_given_at_export(exported, tmp_path):
+    model, vocabulary = exported["model"], exported["vocabulary"]
+    rng = np.random.default_rng(4)
+    scores = (rng.normal(size=(200, len(vocabulary))) * 0.05).astype(np.float32)
+    labels = (rng.random(scores.shape) < cal.sigmoid(40 * scores - 1)).astype(np.float32)
+    fitted = cal.fit_calibration(scores, labels, vocabulary.tags, vocabulary.unseen, "isotonic", "score",
+                                 min_positives=5)
+    path = export.export_model(model, vocabulary, str(tmp_path / "calibrated"), top_k=tiny.TOP_K, calibration=fitted,
+                               threshold=0.5)
+    assert export.python_ops(path) == []
+    restored, metadata = export.read_calibration_file(path)
+    assert metadata["above_threshold"] == 0.5 and restored.method == "isotonic"
+    signatures = tf.saved_model.load(path).signatures
+    images = tf.constant([testing.encoded_image(seed=s)[0] for s in range(4)])
+    out = {k: v.numpy() for k, v in signatures["serving_default"](images=images).items()}
+    assert out["probabilities"].shape == out["above_threshold"].shape == (4, tiny.TOP_K)
+    np.testing.assert_array_equal(out["above_threshold"], out["probabilities"] >= 0.5)
+    served = signatures["score_tags"](images=images, tag_vectors=tf.constant(vocabulary.vectors[:3]))
+    expected = fitted.unseen_probabilities(served["scores"].numpy())
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, rtol=0, atol=1e-6)
 
 
 def _saved_model_cli(*args):

@@ -176,7 +176,7 @@ def test_mirrored_on_two_cpus_equals_one_device(demo, tmp_path):
     logs = [json.loads((tmp_path / f"{name}.json").read_text()) for name in ("single", "mirrored")]
     np.testing.assert_allclose(logs[1]["loss"], logs[0]["loss"], rtol=1e-3)
     np.testing.assert_allclose(logs[1]["loss/rank"], logs[0]["loss/rank"], rtol=1e-3)
-    np.testing.assert_allclose(logs[1]["val_zsl/mAP"], logs[0]["val_zsl/mAP"], atol=2.0)
+    np.testing.assert_allclose(logs[1]["val_gzsl/mAP"], logs[0]["val_gzsl/mAP"], atol=2.0)
     for name in ("single", "mirrored"):
         assert {"model.keras", "best.keras", "metrics.json"} <= set(os.listdir(tmp_path / name))
 
@@ -215,7 +215,7 @@ def test_multi_worker_two_processes_agree_and_only_the_chief_writes(demo, tmp_pa
     for key in weights[0].files:
         np.testing.assert_array_equal(weights[0][key], weights[1][key], err_msg=key)
     logs = [json.loads((tmp_path / f"worker_{index}.json").read_text()) for index in range(2)]
-    assert logs[0] == logs[1] and np.isfinite(logs[0]["loss"]) and "val_zsl/mAP" in logs[0]
+    assert logs[0] == logs[1] and np.isfinite(logs[0]["loss"]) and "val_gzsl/mAP" in logs[0]
     chief, worker = tmp_path / "run_0", tmp_path / "run_1"
     assert {"model.keras", "best.keras", "vocabulary.npz", "config.json", "metrics.json", "logs"} <= set(
         os.listdir(chief)

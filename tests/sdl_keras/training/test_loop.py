@@ -23,7 +23,8 @@ from tests import testing
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("demo"))
-    files = make_demo_dataset(folder, DemoConfig(num_train=768, num_test=200, image_size=32, max_objects=2))
+    files = make_demo_dataset(folder, DemoConfig(num_train=768, num_test=200, image_size=32, max_objects=2,
+                                                 num_validation=64))
     return folder, files
 
 
@@ -51,6 +52,30 @@ def test_loss_falls_and_unseen_tags_rank_above_chance(demo, tmp_path):
     assert results["model"]["gzsl/mAP"] > 2 * results["random"]["gzsl/mAP"], results
 
 
+def test_the_validation_split_is_held_out_of_training_by_the_seed(demo, tmp_path):
+    from sdl_keras.training.data import training_data, validation_data
+
+    _, files = demo
+    config = demo_config(files, str(tmp_path / "run"))
+    vocabulary = training.load_vocabulary(config.data)
+    train = training_data(config, vocabulary, None)
+    assert train.num_images == 768 - 77 and len(train.held_out) == 77
+    # Read again from the config alone (what sdl_keras.calibrate does): the same images.
+    again = validation_data(config, vocabulary)
+    assert again.num_images == 77 and not again.unseen_positives
+    labels = np.concatenate([y for _, y in again.batches.as_numpy_iterator()])
+    np.testing.assert_array_equal(labels, train.held_out.labels)
+    other = validation_data(config.replace(seed=1), vocabulary)
+    assert other.description.endswith("seed 1)")
+    other_labels = np.concatenate([y for _, y in other.batches.as_numpy_iterator()])
+    assert not np.array_equal(other_labels, labels)
+    # An explicit source replaces the held-out images; nothing is then held out.
+    explicit = config.replace(validation_source=files["validation.jsonl"])
+    assert training_data(explicit, vocabulary, None).num_images == 768
+    assert validation_data(explicit, vocabulary).num_images == 64
+    assert validation_data(config.replace(validation_fraction=0.0), vocabulary) is None
+
+
 def test_training_labels_must_not_hold_unseen_tags(demo, tmp_path):
     _, files = demo
     config = demo_config(files, str(tmp_path / "run"), train_source=files["test.jsonl"])
@@ -68,7 +93,8 @@ def test_unreadable_training_images_are_counted_each_epoch_or_with_strict_an_err
     manifest = os.path.join(folder, "train_with_bad.jsonl")
     with open(manifest, "w", encoding="utf-8") as f:
         f.writelines(lines)
-    config = demo_config(files, str(tmp_path / "run"), train_source=manifest, test_source="", epochs=2)
+    config = demo_config(files, str(tmp_path / "run"), train_source=manifest, test_source="", validation_fraction=0,
+                         epochs=2)
     _, history, _ = training.train(config)
     # Two bad files per pass over the data; prefetching may finish a pass a little early.
     counts = history.history["unreadable_images"]
@@ -155,8 +181,9 @@ def test_command_lines_train_then_evaluate(demo, tmp_path):
     common = [f"--flagfile={testing.REPO_ROOT}/configs/demo.flags"]
     train = subprocess.run(
         [sys.executable, "-m", "sdl_keras.train", *common, f"--train_source={files['train.jsonl']}",
-         f"--test_source={files['test.jsonl']}", f"--tags={files['tags.txt']}",
-         f"--word_vectors={files['words.vec']}", f"--unseen_tags={files['unseen_tags.txt']}",
+         f"--test_source={files['test.jsonl']}", f"--validation_source={files['validation.jsonl']}",
+         f"--tags={files['tags.txt']}", f"--word_vectors={files['words.vec']}",
+         f"--unseen_tags={files['unseen_tags.txt']}",
          "--image_size=32", "--epochs=2", "--steps_per_epoch=2", "--reg_weight=none", f"--run_dir={run_dir}"],
         env=env, capture_output=True, text=True, cwd=testing.REPO_ROOT, timeout=300,
     )
@@ -175,8 +202,10 @@ def test_command_lines_train_then_evaluate(demo, tmp_path):
     assert "| ZSL  |" in evaluate.stdout and "random scores" in evaluate.stdout
     with open(os.path.join(run_dir, "results.json")) as f:
         results = json.load(f)
-    assert set(results) == {"model", "random", "settings"} and "zsl/F1@1" in results["model"]
+    assert set(results) == {"model", "random", "probabilities", "settings"} and "zsl/F1@1" in results["model"]
     assert results["settings"]["empty_tags"] == "zero"  # the official mAP, recorded
+    # demo.flags calibrates when training ends: the second table is the calibrated probabilities'.
+    assert results["probabilities"]["calibrated"] and "ECE seen, top-10" in evaluate.stdout
     assert np.isfinite(results["model"]["gzsl/mAP"])
 
 
@@ -238,6 +267,9 @@ def test_callbacks_run_in_the_order_their_logs_need(tmp_path):
         ("precision", "float16", "--precision='float16'"),
         ("ema_momentum", 1.5, "ema_momentum must be in"),
         ("backup_steps", 0, "backup_steps must be"),
+        ("validation_fraction", 1.0, r"validation_fraction must be in \[0, 1\)"),
+        ("probability_threshold", 1.5, "probability_threshold must be a probability"),
+        ("calibration_method", "beta", "--calibration_method='beta'"),
     ],
 )
 def test_train_config_rejects_bad_values(field, value, message):
