@@ -225,6 +225,8 @@ class WriterLease:
                 lease, properties = self._read()
                 if lease and lease["token"] == self.lease["token"]:
                     break
+            if lease is None:  # dropped meanwhile by a writer finishing: try again
+                continue
             waited = time.monotonic() - start
             holder = f"{self.index.location} is held by another writer (pid {lease['pid']} on {lease['host']})"
             if self.timeout is not None and waited >= self.timeout:
@@ -245,6 +247,7 @@ class WriterLease:
 
 
 def _stale(lease):
+    """Whether a recorded lease binds no one: expired, or its holder of this host has exited."""
     if lease["expires"] < time.time():
         return True
     if lease["host"] != socket.gethostname() or lease["pid"] == os.getpid():
