@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from absl import app
+from absl import app, flags
 
 # Errors that mean bad input (a missing file, an unknown tag, a bad value) or a resource
 # another process holds (an index's writer lock): the message is what the user needs, the
@@ -45,10 +45,33 @@ def program_name(main):
     return module.removesuffix(".__main__")
 
 
-def run(main, define_flags):
+def split_pipeline_options(argv, runner):
+    """(argv without them, Beam pipeline options) of a command that runs as an Apache Beam
+    pipeline with --runner: the flags absl does not know are Beam's (--direct_num_workers=2,
+    --project=..., in the --name=value form) and go to the pipeline with the runner; without
+    --runner such a flag is an error, as any unknown flag."""
+    options = [arg for arg in argv[1:] if arg.startswith("-")]
+    if options and not runner:
+        raise app.UsageError(f"Unknown flag(s): {' '.join(options)} (Beam pipeline options need --runner).")
+    rest = [argv[0]] + [arg for arg in argv[1:] if not arg.startswith("-")]
+    return rest, ([f"--runner={runner}"] + options if runner else [])
+
+
+def _parse_known_flags(argv):
+    """absl's flag parsing, leaving the flags it does not know in argv (for
+    `split_pipeline_options`)."""
+    try:
+        return flags.FLAGS(argv, known_only=True)
+    except flags.Error as error:
+        sys.stderr.write(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
+
+
+def run(main, define_flags, pipeline_options=False):
     """The entry point of a command (`python -m` and console scripts alike): the caller's
     working directory under `bazel run`, flags, then `main(argv)`, whose return value is
-    the exit status; bad input (and a full disk) ends with its message and exit status 1."""
+    the exit status; bad input (and a full disk) ends with its message and exit status 1.
+    With `pipeline_options`, flags absl does not know reach main's argv (Beam's options)."""
     # `bazel run` starts binaries in their runfiles; relative paths mean the caller's folder.
     if os.environ.get("BUILD_WORKING_DIRECTORY"):
         os.chdir(os.environ["BUILD_WORKING_DIRECTORY"])
@@ -65,4 +88,5 @@ def run(main, define_flags):
             print(f"{program_name(main)}: error: {error_message(error)}", file=sys.stderr)
             return 1
 
-    app.run(lambda argv: sys.exit(guarded(argv) or 0))
+    parser = _parse_known_flags if pipeline_options else app.parse_flags_with_usage
+    app.run(lambda argv: sys.exit(guarded(argv) or 0), flags_parser=parser)

@@ -8,7 +8,9 @@ the dataset's own zero-shot vocabulary: NUS-WIDE's from the dataset root, COCO's
 --zero_shot_split, Open Images' from --classes_dir. The lists used are written to
 the output folder (tags.txt, unseen_tags.txt, and for Open Images tag_names.txt, the
 class names to look word vectors up by), for the train command's --tags and
---unseen_tags. Rerunning the same command after an interruption resumes it.
+--unseen_tags. Rerunning the same command after an interruption resumes it. With
+--runner=DirectRunner (or DataflowRunner, ...) the conversion runs as an Apache Beam
+pipeline (pipelines/tfrecord/beam.py) and writes the same files.
 """
 
 
@@ -38,10 +40,13 @@ def define_flags():
     flags.DEFINE_integer("workers", 4, "Threads reading and validating images.")
     flags.DEFINE_bool("strict", False, "Stop at the first unreadable image instead of skipping it.")
     flags.DEFINE_bool("vocabulary_only", False, "Only write the tag lists, for training from the raw files.")
+    flags.DEFINE_string("runner", None, "Run as an Apache Beam pipeline on this runner (DirectRunner, DataflowRunner, "
+                        "...); Beam's own flags (--name=value) pass through.")
     flags.mark_flags_as_required(["dataset", "source", "output_dir"])
 
 
 def main(argv):
+    argv, pipeline_args = command.split_pipeline_options(argv, FLAGS.runner)
     command.no_arguments(argv)
     from pipelines.progress import Progress
     from pipelines.tfrecord import convert
@@ -57,7 +62,7 @@ def main(argv):
             FLAGS.dataset, FLAGS.source, FLAGS.split, FLAGS.output_dir, tags, unseen, FLAGS.classes_dir,
             progress=lambda done, total: bar.setdefault("bar", Progress(total, "image")).update(done),
             num_shards=FLAGS.num_shards or None, images_per_shard=FLAGS.images_per_shard,
-            max_side=FLAGS.max_side or None, strict=FLAGS.strict, workers=FLAGS.workers,
+            max_side=FLAGS.max_side or None, strict=FLAGS.strict, workers=FLAGS.workers, pipeline_args=pipeline_args,
         )
         print(f"Wrote {summary.num_examples} examples in {summary.num_shards} shards: "
               f"{shard_pattern(FLAGS.output_dir, FLAGS.split)}")
@@ -77,7 +82,7 @@ def main(argv):
 
 
 def run():
-    command.run(main, define_flags)
+    command.run(main, define_flags, pipeline_options=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import dataclasses
 
 from absl import flags
 
-from pipelines.command import no_arguments, run, setup_logging  # noqa: F401  (the commands' entry points)
+from pipelines.command import no_arguments, run, setup_logging, split_pipeline_options  # noqa: F401  (entry points)
 from sdl_keras.config import leaf_type
 
 
@@ -35,6 +35,16 @@ def define_config_flags(config_cls, flag_values=flags.FLAGS, aliases=None):
             flags.DEFINE_string(field.name, default, help_text, flag_values=flag_values)
     for alias, name in (aliases or {}).items():
         flags.DEFINE_alias(alias, name, flag_values=flag_values)
+
+
+def define_tag_encoder_flags(encoder_help, templates_help="--tag_encoder's prompt templates, '|'-separated "
+                              "(default: the run's)."):
+    """--tag_encoder (a keras_hub text encoder preset: a name or a directory), --tag_templates
+    and --tag_encoder_cache, for the commands that embed text (sdl_keras.embeddings.text_encoder)."""
+    flags.DEFINE_string("tag_encoder", None, encoder_help)
+    flags.DEFINE_string("tag_templates", None, templates_help)
+    flags.DEFINE_string("tag_encoder_cache", None, "Folder of cached --tag_encoder vectors (default: "
+                        "~/.cache/sdl_keras/tag_vectors).")
 
 
 def _leaves(config, config_cls):

@@ -27,12 +27,11 @@ def define_flags():
     flags.DEFINE_enum("empty_tags", None, ["zero", "skip"], "How mAP counts a tag without a positive test image: "
                       "zero (AP 0, the official evaluation) or skip (left out); default: the run's "
                       "(evaluation.empty_tags). Written to the results' settings.")
-    flags.DEFINE_string("tag_encoder", None, "Embed the run's tags anew with this keras_hub text encoder preset "
-                        "(name or directory; its size must be the run's d) and score with those vectors, "
-                        "uncalibrated; default: the run's own vectors.")
-    flags.DEFINE_string("tag_templates", None, "Prompt templates ('|'-separated) to embed the run's tags anew with "
-                        "(--tag_encoder, default the run's: a prompt ablation); default: the run's own vectors.")
-    flags.DEFINE_string("tag_encoder_cache", None, "Folder of cached --tag_encoder vectors; default: the run's.")
+    cli.define_tag_encoder_flags(
+        "Embed the run's tags anew with this keras_hub text encoder preset (name or directory; its size must be "
+        "the run's d) and score with those vectors, uncalibrated; default: the run's own vectors.",
+        "Prompt templates ('|'-separated) to embed the run's tags anew with (--tag_encoder, default the run's: "
+        "a prompt ablation); default: the run's own vectors.")
     flags.DEFINE_string("results", None, "JSON output; default: RUN_DIR/results.json.")
     flags.mark_flag_as_required("run_dir")
 

@@ -32,11 +32,8 @@ def define_flags():
     flags.DEFINE_multi_string("text", [], "A free text to score for every image instead of the export's top tags "
                               "(repeatable): through the export's score_text signature (a run whose tag vectors "
                               "come from a text encoder), or with --tag_encoder through score_tags.")
-    flags.DEFINE_string("tag_encoder", None, "Embed --text here with this keras_hub text encoder preset (name or "
-                        "directory; the one the export's run was trained with) and score through score_tags.")
-    flags.DEFINE_string("tag_templates", None, "--tag_encoder's prompt templates, '|'-separated (the run's).")
-    flags.DEFINE_string("tag_encoder_cache", None, "Folder of cached --tag_encoder vectors (default: "
-                        "~/.cache/sdl_keras/tag_vectors).")
+    cli.define_tag_encoder_flags("Embed --text here with this keras_hub text encoder preset (name or directory; "
+                                 "the one the export's run was trained with) and score through score_tags.")
 
 
 def main(argv):

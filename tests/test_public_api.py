@@ -19,6 +19,7 @@ PUBLIC = {
     "sdl_keras.models.tresnet": ["tresnet_m", "tresnet_l", "tresnet_xl", "TResNet"],
     "sdl_keras.convert": ["load_torch_tresnet_weights"],
     "sdl_keras.saving": ["load_model"],
+    "sdl_keras.retrieval": ["RetrievalIndex", "MilvusIndex"],
 }
 COMMANDS = ["sdl_keras.train", "sdl_keras.evaluate", "sdl_keras.export", "sdl_keras.tag", "sdl_keras.convert",
             "sdl_keras.search", "sdl_keras.serving.server", "sdl_keras.serving.client"]

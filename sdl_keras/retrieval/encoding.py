@@ -1,11 +1,14 @@
 """Encoding images into a retrieval index: images (files, a manifest, TFRecords) -> the
 matrices A of an exported SavedModel's `matrix` signature or a run's Keras model ->
-`RetrievalIndex` shards. The library side of `python -m sdl_keras.search build|add`.
+`RetrievalIndex` shards or a `MilvusIndex` collection. The library side of
+`python -m sdl_keras.search build|add` (on Apache Beam: `sdl_keras.retrieval.beam`).
 """
 
 import glob
 import logging
 import os
+
+from sdl_keras.retrieval.backends import create_index, open_index
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ class SavedModelEncoder:
         self._signature = signatures["matrix"]
         self.source = {"saved_model": os.path.abspath(model_path)}
         self.aggregation = None  # not recorded in an export: --aggregation, else max
+        self.shape = tuple(self._signature.structured_outputs["matrix"].shape[1:])  # (M, d)
 
     def __call__(self, images):
         return self._signature(images=self._tf.constant(images, dtype=self._tf.string))["matrix"].numpy()
@@ -51,6 +55,7 @@ class KerasEncoder:
         self._tf = tf
         self.source = {"run_dir": os.path.abspath(run_dir)}
         self.aggregation = config.loss.aggregation
+        self.shape = tuple(self.model.output_shape[1:])  # (M, d)
 
     def __call__(self, images):
         decoded = self._decode(self._tf.constant(images, dtype=self._tf.string))
@@ -98,18 +103,15 @@ def tfrecord_items(pattern):
     import tensorflow as tf
 
     from pipelines.decode import error_text
-    from pipelines.tfrecord.format import FEATURES
 
     files = sorted(glob.glob(pattern))
     if not files:
         raise FileNotFoundError(f"No TFRecord files match {pattern!r}.")
-    wanted = {k: FEATURES[k] for k in ("image/encoded", "image/id")}
     for path in files:
         number = 0
         try:
             for number, record in enumerate(tf.data.TFRecordDataset(path), start=1):
-                features = tf.io.parse_single_example(record, wanted)
-                yield features["image/id"].numpy().decode("utf-8"), features["image/encoded"].numpy()
+                yield record_item(record.numpy())
         except tf.errors.DataLossError as error:
             raise ValueError(
                 f"{path}: record {number + 1} cannot be read ({error_text(error)}): rewrite the file (a shard of "
@@ -117,7 +119,15 @@ def tfrecord_items(pattern):
             ) from None
 
 
-def _read(item):
+def record_item(serialized):
+    """(id, encoded bytes) of one serialized record (pipelines/tfrecord/format.py)."""
+    import tensorflow as tf
+
+    feature = tf.train.Example.FromString(serialized).features.feature
+    return feature["image/id"].bytes_list.value[0].decode("utf-8"), feature["image/encoded"].bytes_list.value[0]
+
+
+def read_item(item):
     """(id, bytes, None) for a readable image, (id, None, reason) otherwise; files are read
     here, records carry their bytes."""
     from pipelines.decode import image_header
@@ -139,10 +149,6 @@ def encode_batches(encoder, items, batch_size=32, total=None, skipped=None):
     An unreadable image is left out and its (id, reason) appended to `skipped`; a batch
     the graph fails to decode is retried image by image, so only the bad image is lost.
     """
-    import numpy as np
-    import tensorflow as tf
-
-    from pipelines.decode import error_text
     from pipelines.progress import Progress
 
     skipped = [] if skipped is None else skipped
@@ -151,7 +157,7 @@ def encode_batches(encoder, items, batch_size=32, total=None, skipped=None):
     def readable_batches():
         batch, done = [], 0
         for done, item in enumerate(items, start=1):
-            image_id, data, reason = _read(item)
+            image_id, data, reason = read_item(item)
             if reason:
                 skipped.append((image_id, reason))
             else:
@@ -164,55 +170,72 @@ def encode_batches(encoder, items, batch_size=32, total=None, skipped=None):
         if batch:
             yield batch
 
-    def encode(batch):
-        try:
-            return [image_id for image_id, _ in batch], encoder([data for _, data in batch])
-        except tf.errors.InvalidArgumentError:
-            pass
-        ids, matrices = [], []
-        for image_id, data in batch:
-            try:
-                matrices.append(encoder([data]))
-                ids.append(image_id)
-            except tf.errors.InvalidArgumentError as error:
-                skipped.append((image_id, f"cannot be decoded: {error_text(error)}"))
-        return ids, np.concatenate(matrices) if ids else None
-
     for batch in readable_batches():
-        ids, matrices = encode(batch)
+        ids, matrices, failed = encode_batch(encoder, batch)
+        skipped.extend(failed)
         if ids:
             yield ids, matrices
 
 
-def index_images(index_dir, encoder, items, *, create=False, total=None, vocabulary=None, dtype="float32",
-                 aggregation=None, scann=None, shard_size=100_000, batch_size=32, overwrite=False, lock_timeout=0):
-    """Builds (create=True) or grows an index from image items; returns (index, added, skipped).
+def encode_batch(encoder, batch):
+    """(ids, (n, M, d) matrices, failed) for a batch of (id, bytes): a batch the graph fails
+    to decode is retried image by image, so only the bad images fail, as (id, reason)."""
+    import numpy as np
+    import tensorflow as tf
 
-    Growing waits `lock_timeout` seconds for another writer of the index (0: fails at once,
+    from pipelines.decode import error_text
+
+    try:
+        return [image_id for image_id, _ in batch], encoder([data for _, data in batch]), []
+    except tf.errors.InvalidArgumentError:
+        pass
+    ids, matrices, failed = [], [], []
+    for image_id, data in batch:
+        try:
+            matrices.append(encoder([data]))
+            ids.append(image_id)
+        except tf.errors.InvalidArgumentError as error:
+            failed.append((image_id, f"cannot be decoded: {error_text(error)}"))
+    return ids, np.concatenate(matrices) if ids else None, failed
+
+
+def index_images(location, encoder, items, *, create=False, total=None, vocabulary=None, dtype="float32",
+                 aggregation=None, scann=None, milvus=None, shard_size=100_000, batch_size=32, overwrite=False,
+                 lock_timeout=0):
+    """Builds (create=True) or grows the index at `location` (a directory or
+    milvus:URI#COLLECTION, see `backends`) from image items; returns (index, added, skipped).
+
+    The add waits `lock_timeout` seconds for another writer of the index (0: fails at once,
     before any image is encoded; None: waits as long as it takes)."""
-    from sdl_keras.retrieval.index import RetrievalIndex, build_index
-
     skipped = []
     batches = encode_batches(encoder, items, batch_size, total, skipped)
     if create:
-        aggregation = aggregation or encoder.aggregation or "max"
-        # The model's calibration goes with the index (its probabilities need the vocabulary).
-        calibration = encoder.calibration if vocabulary is not None else None
-        if encoder.calibration is not None and vocabulary is None:
-            logger.warning("The model is calibrated, but the index gets no vocabulary: it stores no calibration, "
-                           "and its hits have no probabilities (pass --vocabulary).")
-        index = build_index(
-            index_dir, batches, dtype, aggregation, vocabulary, scann, encoder.source, shard_size, overwrite,
-            calibration,
-        )
-        added = len(index)
+        index = create_index(location, *matrix_shape(encoder), dtype, aggregation or encoder.aggregation or "max",
+                             vocabulary, scann, milvus, encoder.source, overwrite, index_calibration(encoder, vocabulary))
     else:
-        index = RetrievalIndex.load(index_dir)
-        index.lock_timeout = lock_timeout
-        added = index.add(batches, shard_size)
+        index = open_index(location)
+    index.lock_timeout = lock_timeout
+    added = index.add(batches, shard_size=shard_size)
     for image_id, reason in skipped:
         logger.warning("Skipped %s: %s", image_id, reason)
     return index, added, skipped
+
+
+def index_calibration(encoder, vocabulary):
+    """The encoder's calibration, stored with the index it builds (its probabilities need the
+    vocabulary), or None."""
+    if encoder.calibration is not None and vocabulary is None:
+        logger.warning("The model is calibrated, but the index gets no vocabulary: it stores no calibration, "
+                       "and its hits have no probabilities (pass --vocabulary).")
+        return None
+    return encoder.calibration
+
+
+def matrix_shape(encoder):
+    """(M, d) of the matrices an encoder computes."""
+    if len(encoder.shape) != 2 or None in encoder.shape:
+        raise ValueError(f"{encoder.source}: the model's matrices have shape {encoder.shape}, not a fixed (M, d).")
+    return tuple(int(n) for n in encoder.shape)
 
 
 def image_items(paths=(), manifest=None, tfrecords=None):
@@ -228,25 +251,34 @@ def image_items(paths=(), manifest=None, tfrecords=None):
     return items, len(items)
 
 
-def build(index_dir, items, total=None, model=None, run_dir=None, vocabulary=None, **options):
-    """Creates an index from image items with an export (`model`) or a run's Keras model;
-    the vocabulary (an .npz path) defaults to the run's. `options` as `index_images`.
-    Returns (index, added, skipped)."""
+def load_vocabulary(vocabulary=None, run_dir=None):
+    """The TagVocabulary to store with an index: an .npz path, else the run's, else None."""
     from sdl_keras.embeddings import TagVocabulary
     from sdl_keras.run_dir import RunDirectory
 
-    vocabulary_path = vocabulary or (run_dir and RunDirectory(run_dir).vocabulary_path)
-    return index_images(index_dir, make_encoder(model, run_dir), items, create=True, total=total,
-                        vocabulary=TagVocabulary.load(vocabulary_path) if vocabulary_path else None, **options)
+    path = vocabulary or (run_dir and RunDirectory(run_dir).vocabulary_path)
+    return TagVocabulary.load(path) if path else None
 
 
-def add(index_dir, items, total=None, model=None, run_dir=None, **options):
+def build(location, items, total=None, model=None, run_dir=None, vocabulary=None, **options):
+    """Creates an index from image items with an export (`model`) or a run's Keras model;
+    the vocabulary (an .npz path) defaults to the run's. `options` as `index_images`.
+    Returns (index, added, skipped)."""
+    return index_images(location, make_encoder(model, run_dir), items, create=True, total=total,
+                        vocabulary=load_vocabulary(vocabulary, run_dir), **options)
+
+
+def add(location, items, total=None, model=None, run_dir=None, **options):
     """Adds image items to an index, encoded by the model given or else the one the index
     records. Returns (index, added, skipped)."""
-    from sdl_keras.retrieval.index import RetrievalIndex
-
     if model or run_dir:
         encoder = make_encoder(model, run_dir)
     else:
-        encoder = encoder_from_source(RetrievalIndex.load(index_dir).meta.get("source"))
-    return index_images(index_dir, encoder, items, total=total, **options)
+        encoder = encoder_from_source(open_index(location).meta.get("source"))
+    return index_images(location, encoder, items, total=total, **options)
+
+
+def summary(command, location, index, added, skipped):
+    """The line `search build|add` ends with: what was added and skipped, what the index holds."""
+    return (f"{'Built' if command == 'build' else 'Added to'} {location}: {added} images added, {len(skipped)} "
+            f"skipped, {len(index)} in the index ({index.describe()})")

@@ -35,11 +35,13 @@ Search:
   memory-mapped). Ties rank the lower image index first, a stable descending sort of
   the scores, the ranking `evaluation.average_precisions` measures.
 - scann: ScaNN (tree partitioning + anisotropic hashing) over all rows of all images,
-  per shard. Each tag retrieves its `num_candidates` best rows; their exact products
-  with the tag, maxed per image, bound each image's score from below; the images with
-  the best bounds are re-scored exactly over all their rows (scores and dominant rows
-  are exact; which images are found is approximate: an image is missed when none of
-  its good rows is among a tag's candidates).
+  per shard. Each tag retrieves its `num_candidates` best rows by ScaNN's approximate
+  products, all the query tags of a batch in one batched ScaNN call; per query, the
+  images whose retrieved rows score best are re-scored exactly over all their rows,
+  all queries' candidates together, read in file order (scores and dominant rows are
+  exact; which images are found is approximate: an image is missed when none of its
+  good rows is among a tag's candidates). A shard of fewer than `exact_below_rows`
+  rows is scored exactly instead.
 
 This module is NumPy only (no TensorFlow): an index is queried without loading a model.
 """
@@ -87,8 +89,14 @@ class ScannOptions:
     dims_per_block, anisotropic_threshold: the anisotropic hashing (score_ah) settings.
     training_sample_size: rows the partitioner and the hashing are trained on.
     num_candidates: rows each query tag retrieves per shard; None = max(`candidates_per_hit` x k, 1000).
-    rescore_per_hit: per shard, the `rescore_per_hit` x k images with the best exact scores
-        of their retrieved rows are re-scored exactly over all their rows.
+    rescore_per_hit: per shard, each image a tag retrieved gets an exact lower bound (the
+        exact product of its best retrieved row); the `rescore_per_hit` x k images with the
+        best bounds are re-scored exactly over all their rows.
+    exact_below_rows: a shard of fewer rows (images x M) is scored exactly instead: below
+        this size scoring every row costs no more than a ScaNN search and its re-scoring
+        (benchmarks/retrieval.py --small_shards measures it), and a tree of so few rows
+        searched at `leaves_fraction` misses images (the trained demo's 1,000-image index
+        found 5 of "red circle"'s top 10).
     """
 
     num_leaves: int = None
@@ -101,6 +109,7 @@ class ScannOptions:
     num_candidates: int = None
     candidates_per_hit: int = 20
     rescore_per_hit: int = 2
+    exact_below_rows: int = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,15 +174,6 @@ def tag_query(names, vocabulary=None, word_vectors=None, allow_pickle=False):
     return Query(np.stack([found[n] for n in names]), names)
 
 
-def format_hits(query, hits):
-    """The hits of `query` as a table: rank, score, dominant rows, probabilities, id."""
-    lines = [f"query: {' + '.join(query.names)}", f"{'rank':>4}  {'score':>9}  rows  probabilities  id"]
-    for rank, hit in enumerate(hits, start=1):
-        probabilities = ",".join(f"{p:.3f}" for p in hit.probabilities) or "-"
-        lines.append(f"{rank:>4}  {hit.score:9.4f}  {','.join(map(str, hit.rows)):<4}  {probabilities:<13}  {hit.id}")
-    return "\n".join(lines)
-
-
 def query_from(tags=(), vector_file=None, vocabulary=None, word_vectors=None, allow_pickle=False, texts=(),
                tag_encoder=None, templates=None, cache_dir=None):
     """A Query from tag names (`tag_query`), from an .npy of vectors, (d,) or (T, d), or from
@@ -196,12 +196,75 @@ def query_from(tags=(), vector_file=None, vocabulary=None, word_vectors=None, al
     return tag_query(tags, vocabulary, word_vectors, allow_pickle)
 
 
+def format_hits(query, hits, as_json=False):
+    """The hits of `query` as a table (rank, score, dominant rows, probabilities, id), or one
+    JSON line."""
+    if as_json:
+        return json.dumps({"query": list(query.names), "hits": [h.to_dict() for h in hits]}, ensure_ascii=False)
+    lines = [f"query: {' + '.join(query.names)}", f"{'rank':>4}  {'score':>9}  rows  probabilities  id"]
+    for rank, hit in enumerate(hits, start=1):
+        probabilities = ",".join(f"{p:.3f}" for p in hit.probabilities) or "-"
+        lines.append(f"{rank:>4}  {hit.score:9.4f}  {','.join(map(str, hit.rows)):<4}  {probabilities:<13}  {hit.id}")
+    return "\n".join(lines)
+
+
+def describe_calibration(calibration):
+    return "calibrated: hits with probabilities" if calibration is not None else "uncalibrated"
+
+
+def check_min_probability(min_probability, calibration, location):
+    """ValueError unless `min_probability` is None, or a probability and the index has a
+    calibration to compute probabilities with."""
+    if min_probability is None:
+        return
+    check_probability(min_probability, "min_probability")
+    if calibration is None:
+        raise ValueError(f"{location} has no calibration, so no probabilities to filter by: build it from a "
+                         "calibrated run or export (python -m sdl_keras.calibrate).")
+
+
+def with_probabilities(hits, query, matrices, calibration, vocabulary, aggregation="max", min_probability=None):
+    """The hits of a query, each with its query tags' probabilities (module docstring)
+    computed from the hits' (n, M, d) matrices, less those where one is below
+    `min_probability`."""
+    if calibration is None or not hits:
+        return hits
+    vocabulary_scores = None
+    if calibration.unseen_pooling == "rank":
+        vocabulary_scores, _ = _score(matrices, vocabulary.vectors, aggregation)
+    scores, _ = _score(matrices, query.vectors, aggregation)
+    probabilities = calibration.tag_probabilities(scores, query.names, vocabulary_scores)
+    hits = [dataclasses.replace(h, probabilities=tuple(float(p) for p in row)) for h, row in zip(hits, probabilities)]
+    return hits if min_probability is None else [h for h in hits if min(h.probabilities) >= min_probability]
+
+
+def _score(matrices, vectors, aggregation="max"):
+    """(n, M, d) matrices x (V, d) vectors -> (scores (n, V), rows (n, V))."""
+    n, num_rows, dim = matrices.shape
+    products = _dot(np.asarray(matrices, dtype=np.float32).reshape(-1, dim), vectors).reshape(n, num_rows, len(vectors))
+    return _aggregate(products, aggregation)
+
+
 def _aggregate(products, aggregation):
     """(n, M, V) row-tag products -> (scores (n, V), dominant rows (n, V)), as sdl_keras.scoring."""
     if aggregation == "max":
         return products.max(axis=1), products.argmax(axis=1)
     squared = np.square(products)
     return np.sqrt(squared.sum(axis=1)), squared.argmax(axis=1)
+
+
+def _products(source, indices, vectors, which, block=1024):
+    """(n, M) products source[indices[i]] @ vectors[which[i]] of matrices (or (n, 1) of rows,
+    source of shape (R, 1, d)), read in blocks in index order: a memory-mapped file is read
+    forwards, through a buffer that is reused."""
+    out = np.empty((len(indices), source.shape[1]), np.float32)
+    order = np.argsort(indices, kind="stable")
+    buffer = np.empty((min(block, len(indices)),) + source.shape[1:], source.dtype)
+    for start in range(0, len(order), block):
+        part = order[start : start + block]
+        matrices = np.take(source, indices[part], axis=0, out=buffer[: len(part)])
+        out[part] = np.matmul(matrices.astype(np.float32, copy=False), vectors[which[part]][:, :, None])[:, :, 0]
+    return out
 
 
 def _dot(rows, vectors):
@@ -364,6 +427,10 @@ class RetrievalIndex:
     def __len__(self):
         return sum(s.count for s in self.shards)
 
+    def describe(self):
+        search = "exact and ScaNN" if self.scann_options else "exact"
+        return f"{self.num_rows} x {self.dim} {self.dtype}, {search} search, {describe_calibration(self.calibration)}"
+
     @property
     def ids(self):
         return [i for s in self.shards for i in s.ids]
@@ -459,21 +526,7 @@ class RetrievalIndex:
         try:
             writer = None
             for ids, matrices in batches:
-                ids = [str(i) for i in ids]
-                matrices = np.asarray(matrices)
-                if matrices.ndim != 3 or matrices.shape[1:] != (self.num_rows, self.dim):
-                    raise ValueError(
-                        f"Matrices of shape {matrices.shape[1:]} for an index of ({self.num_rows}, {self.dim}) ones."
-                    )
-                if len(ids) != len(matrices):
-                    raise ValueError(f"{len(ids)} ids for {len(matrices)} matrices.")
-                if not np.isfinite(matrices).all():
-                    bad = [ids[i] for i in np.nonzero(~np.isfinite(matrices).all(axis=(1, 2)))[0][:5]]
-                    raise ValueError(f"Non-finite values in the matrices of image(s) {bad}.")
-                repeated = [i for i in ids if i in known]
-                if repeated or len(set(ids)) != len(ids):
-                    dupes = repeated or sorted({i for i in ids if ids.count(i) > 1})
-                    raise ValueError(f"Image id(s) already in the index or repeated: {dupes[:10]}")
+                ids, matrices = check_batch(ids, matrices, self.num_rows, self.dim, known)
                 known.update(ids)
                 start = 0
                 while start < len(ids):
@@ -515,11 +568,7 @@ class RetrievalIndex:
 
     def _build_searcher(self, shard, options):
         logger.info("Building the ScaNN searcher of %s (%d rows).", shard.name, shard.count * self.num_rows)
-        searcher = build_searcher(np.asarray(shard.matrices, dtype=np.float32).reshape(-1, self.dim), options)
-        path = os.path.join(shard.directory, SCANN_DIR)
-        shutil.rmtree(path, ignore_errors=True)
-        os.makedirs(path)
-        searcher.serialize(path, relative_path=True)
+        _write_searcher(shard.directory, np.asarray(shard.matrices, dtype=np.float32).reshape(-1, self.dim), options)
         shard._searcher = None
 
     @_exclusive
@@ -532,6 +581,32 @@ class RetrievalIndex:
             self._build_searcher(shard, options)
         self.meta = dict(self.meta, scann=dataclasses.asdict(options))
         _write_json(os.path.join(self.directory, INDEX_FILE), self.meta)
+
+    @_exclusive
+    def attach(self, entries):
+        """Lists shards written into the index's folder by `write_shard` (by Beam workers, say)
+        in index.json, in name order, replacing it atomically; returns how many images they
+        hold. Their files and ids are checked first: the sizes, and ids new and unique. The
+        writer holds the lock while the shards are written (else the next writer removes
+        them as unfinished) and through this call (the lock is re-entrant)."""
+        entries = sorted(entries, key=lambda e: e["name"])
+        listed = {s["name"] for s in self.meta["shards"]}
+        clash = sorted(e["name"] for e in entries if e["name"] in listed)
+        if clash:
+            raise ValueError(f"{self.directory}: shard(s) {clash} are already listed in {INDEX_FILE}.")
+        shards = [_Shard(self.directory, e["name"], e["count"], self.num_rows, self.dim, self.dtype) for e in entries]
+        known, repeated = set(self.ids), []
+        for image_id in (i for shard in shards for i in shard.ids):
+            if image_id in known:
+                repeated.append(image_id)
+            known.add(image_id)
+        if repeated:
+            raise ValueError(f"Image id(s) already in the index or repeated: {repeated[:10]}")
+        meta = dict(self.meta, shards=self.meta["shards"] + [{"name": e["name"], "count": e["count"]} for e in entries])
+        _write_json(os.path.join(self.directory, INDEX_FILE), meta)
+        self.meta = meta
+        self.shards += shards
+        return sum(s.count for s in shards)
 
     def _remove_unlisted_shards(self):
         """Shard folders a failed or killed add left behind (never listed in index.json); the
@@ -564,11 +639,7 @@ class RetrievalIndex:
         Returns:
             one list of Hit per query.
         """
-        if min_probability is not None:
-            check_probability(min_probability, "min_probability")
-            if self.calibration is None:
-                raise ValueError(f"{self.directory} has no calibration, so no probabilities to filter by: build it "
-                                 "from a calibrated run or export (python -m sdl_keras.calibrate).")
+        check_min_probability(min_probability, self.calibration, self.directory)
         queries = [q if isinstance(q, Query) else Query(q) for q in queries]
         for q in queries:
             if q.vectors.shape[1] != self.dim:
@@ -591,25 +662,13 @@ class RetrievalIndex:
             self._approximate(vectors, columns, tops, k, num_candidates, leaves_to_search)
         results = []
         for query, top in zip(queries, tops):
-            probabilities = self._probabilities(query, top.images)
-            hits = [Hit(self._id(i), float(s), tuple(int(r) for r in rows), tuple(float(p) for p in tag_p))
-                    for s, i, rows, tag_p in zip(top.scores, top.images, top.rows, probabilities)]
-            if min_probability is not None:
-                hits = [hit for hit in hits if min(hit.probabilities) >= min_probability]
+            hits = [Hit(self._id(i), float(s), tuple(int(r) for r in rows))
+                    for s, i, rows in zip(top.scores, top.images, top.rows)]
+            if self.calibration is not None and hits:
+                hits = with_probabilities(hits, query, self._matrices(top.images), self.calibration, self.vocabulary,
+                                          self.aggregation, min_probability)
             results.append(hits)
         return results
-
-    def _probabilities(self, query, images):
-        """(hits, T) probabilities of the query's tags for images at global positions
-        (empty rows without a calibration)."""
-        if self.calibration is None or not len(images):
-            return [()] * len(images)
-        matrices = self._matrices(images)
-        scores, _ = self._score(matrices, query.vectors)
-        vocabulary_scores = None
-        if self.calibration.unseen_pooling == "rank":
-            vocabulary_scores, _ = self._score(matrices, self.vocabulary.vectors)
-        return self.calibration.tag_probabilities(scores, query.names, vocabulary_scores)
 
     def _matrices(self, images):
         """(n, M, d) float32 matrices of the images at global positions (shards in order)."""
@@ -627,24 +686,26 @@ class RetrievalIndex:
         raise IndexError(image)
 
     def _score(self, matrices, vectors):
-        """(n, M, d) matrices x (V, d) vectors -> (scores (n, V), rows (n, V))."""
-        flat = np.asarray(matrices, dtype=np.float32).reshape(-1, self.dim)
-        products = _dot(flat, vectors).reshape(len(matrices), self.num_rows, len(vectors))
-        return _aggregate(products, self.aggregation)
+        return _score(matrices, vectors, self.aggregation)
+
+    def _chunk(self, chunk_images=None):
+        return int(chunk_images or max(1, CHUNK_BYTES // (4 * self.num_rows * self.dim)))
 
     def _exact(self, vectors, columns, tops, chunk_images):
-        chunk = int(chunk_images or max(1, CHUNK_BYTES // (4 * self.num_rows * self.dim)))
         base = 0
         for shard in self.shards:
-            for start in range(0, shard.count, chunk):
-                scores, rows = self._score(shard.matrices[start : start + chunk], vectors)
-                combined = np.stack([scores[:, c].sum(axis=1) for c in columns], axis=1)
-                floors = np.array([t.floor for t in tops], dtype=np.float32)
-                entering = combined > floors[None, :]
-                for q in np.nonzero(entering.any(axis=0))[0]:
-                    picked = np.nonzero(entering[:, q])[0]
-                    tops[q].offer(combined[picked, q], base + start + picked, rows[picked][:, columns[q]])
+            self._exact_shard(shard, base, vectors, columns, tops, self._chunk(chunk_images))
             base += shard.count
+
+    def _exact_shard(self, shard, base, vectors, columns, tops, chunk):
+        for start in range(0, shard.count, chunk):
+            scores, rows = self._score(shard.matrices[start : start + chunk], vectors)
+            combined = np.stack([scores[:, c].sum(axis=1) for c in columns], axis=1)
+            floors = np.array([t.floor for t in tops], dtype=np.float32)
+            entering = combined > floors[None, :]
+            for q in np.nonzero(entering.any(axis=0))[0]:
+                picked = np.nonzero(entering[:, q])[0]
+                tops[q].offer(combined[picked, q], base + start + picked, rows[picked][:, columns[q]])
 
     def _approximate(self, vectors, columns, tops, k, num_candidates, leaves_to_search):
         options = self.scann_options
@@ -654,41 +715,112 @@ class RetrievalIndex:
         rescored = max(options.rescore_per_hit * k, k)
         base = 0
         for shard in self.shards:
-            count = min(wanted, shard.count * self.num_rows)
-            search = shard.searcher().search_batched_parallel if len(vectors) > 1 else shard.searcher().search_batched
-            found, distances = search(
-                vectors, final_num_neighbors=count, pre_reorder_num_neighbors=count,
-                leaves_to_search=leaves_to_search or options.leaves_to_search,
-            )
-            found = np.asarray(found, dtype=np.int64)
-            valid = np.isfinite(np.asarray(distances))  # ScaNN pads short results with NaN
-            rows_of = shard.matrices.reshape(-1, self.dim)
-            for q, cols in enumerate(columns):
-                per_tag = [self._row_bounds(rows_of, found[c][valid[c]], vectors[c]) for c in cols if valid[c].any()]
-                if not per_tag:
-                    continue
-                images = np.unique(np.concatenate([i for i, _ in per_tag]))
-                # An image a tag did not retrieve counts that tag's lowest retrieved score.
-                bound = np.zeros(len(images), np.float32)
-                for tag_images, tag_bounds in per_tag:
-                    filled = np.full(len(images), tag_bounds.min(), np.float32)
-                    filled[np.searchsorted(images, tag_images)] = tag_bounds
-                    bound += filled
-                if len(images) > rescored:
-                    images = np.sort(images[np.argpartition(-bound, rescored - 1)[:rescored]])
-                # Exact re-scoring: the candidates' full matrices against the query's tags.
-                scores, rows = self._score(shard.matrices[images], vectors[cols])
-                tops[q].offer(scores.sum(axis=1), base + images, rows)
+            if shard.count * self.num_rows < options.exact_below_rows:
+                self._exact_shard(shard, base, vectors, columns, tops, self._chunk())
+            else:
+                searcher = shard.searcher()
+                # One call for all the query tags: ScaNN scores each partition's hashed rows
+                # against several queries at once (and on several threads for a batch).
+                search = searcher.search_batched_parallel if len(vectors) > 1 else searcher.search_batched
+                count = min(wanted, shard.count * self.num_rows)
+                found, distances = search(
+                    vectors, final_num_neighbors=count, pre_reorder_num_neighbors=count,
+                    leaves_to_search=leaves_to_search or options.leaves_to_search,
+                )
+                queries, images = self._candidates(
+                    shard, np.asarray(found), np.asarray(distances), vectors, columns, rescored
+                )
+                self._rescore(shard, base, queries, images, vectors, columns, tops)
             base += shard.count
 
-    def _row_bounds(self, rows_of, found, vector):
-        """(images, bounds): the exact scores of the rows ScaNN found, maxed per image, a
-        lower bound of each image's score (reading a row, not a whole matrix)."""
-        rows = np.unique(found)
-        scores = _dot(np.asarray(rows_of[rows], dtype=np.float32), vector[None])[:, 0]
-        images = rows // self.num_rows
-        starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]])
-        return images[starts], np.maximum.reduceat(scores, starts)
+    def _candidates(self, shard, found, distances, vectors, columns, rescored):
+        """(queries, images): per query, the `rescored` images of a shard to re-score exactly,
+        sorted by query. ScaNN lists each tag's rows best first, so an image's first listed
+        row is its best by ScaNN's (approximate) products; that row is read and its exact
+        product bounds the image's score from below; the images with the best bounds are
+        kept (for several tags, the sum of their bounds, a tag that did not bound an image
+        counting its lowest). Each tag's results are one row of (V, C) arrays, so all the
+        tags of a batch go through each step at once."""
+        found = found.astype(np.int64)  # ScaNN answers uint32 row numbers
+        images = np.where(np.isfinite(distances), found // self.num_rows, -1)  # -1: ScaNN's padding
+        order = np.argsort(images, axis=1, kind="stable")
+        ranked = np.take_along_axis(images, order, axis=1)
+        first_in_ranked = ranked >= 0
+        first_in_ranked[:, 1:] &= ranked[:, 1:] != ranked[:, :-1]
+        first = np.zeros_like(first_in_ranked)
+        np.put_along_axis(first, order, first_in_ranked, axis=1)
+        tags, positions = np.nonzero(first)
+        bounds = np.full(images.shape, -np.inf, np.float32)
+        rows = found[tags, positions]
+        bounds[tags, positions] = _products(shard.matrices.reshape(-1, 1, self.dim), rows, vectors, tags)[:, 0]
+        queries, kept = [], []
+        for q, cols in enumerate(columns):
+            if len(cols) == 1:
+                continue
+            bounded_images = [(images[c][first[c]], bounds[c][first[c]]) for c in cols if first[c].any()]
+            if not bounded_images:
+                continue
+            united = np.unique(np.concatenate([i for i, _ in bounded_images]))
+            total = np.zeros(len(united), np.float32)
+            for tag_images, tag_bounds in bounded_images:
+                filled = np.full(len(united), tag_bounds.min(), np.float32)
+                filled[np.searchsorted(united, tag_images)] = tag_bounds
+                total += filled
+            best = np.sort(united[np.argsort(-total, kind="stable")[:rescored]])
+            queries.append(np.full(len(best), q))
+            kept.append(best)
+        single = np.array([q for q, cols in enumerate(columns) if len(cols) == 1], dtype=np.int64)
+        if len(single):
+            tag_bounds = bounds[[columns[q][0] for q in single]]
+            take = min(rescored, tag_bounds.shape[1])
+            top = np.argpartition(-tag_bounds, take - 1, axis=1)[:, :take]
+            usable = np.take_along_axis(tag_bounds, top, axis=1) > -np.inf
+            top_images = np.take_along_axis(images[[columns[q][0] for q in single]], top, axis=1)
+            queries.append(np.repeat(single, usable.sum(axis=1)))
+            kept.append(top_images[usable])
+        if not queries:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        queries, images = np.concatenate(queries), np.concatenate(kept)
+        order = np.argsort(queries, kind="stable")
+        return queries[order], images[order]
+
+    def _rescore(self, shard, base, queries, images, vectors, columns, tops):
+        """Exact scores of (query, image) pairs over all the images' rows, offered to the
+        queries' top k."""
+        sizes = np.array([len(c) for c in columns])
+        firsts = np.array([c[0] for c in columns])
+        # One entry per (pair, tag of its query): its image's matrix times the tag's vector.
+        pair = np.repeat(np.arange(len(queries)), sizes[queries])
+        pair_starts = np.cumsum(sizes[queries]) - sizes[queries]
+        tags = firsts[queries][pair] + np.arange(len(pair)) - pair_starts[pair]
+        products = _products(shard.matrices, images[pair], vectors, tags)
+        entry_scores, entry_rows = _aggregate(products[:, :, None], self.aggregation)
+        scores = np.add.reduceat(entry_scores[:, 0], pair_starts) if len(pair) else entry_scores[:, 0]
+        bounds = np.searchsorted(queries, np.arange(len(columns) + 1))
+        for q in range(len(columns)):
+            pairs = np.arange(bounds[q], bounds[q + 1])
+            if len(pairs):
+                rows = entry_rows[pair_starts[pairs][:, None] + np.arange(sizes[q])[None, :], 0]
+                tops[q].offer(scores[pairs], base + images[pairs], rows)
+
+
+def check_batch(ids, matrices, num_rows, dim, known=()):
+    """(ids as strings, matrices as an array) of one batch to add, or ValueError saying what
+    is wrong: the shape, the count, a non-finite value, or an id in `known` or repeated."""
+    ids = [str(i) for i in ids]
+    matrices = np.asarray(matrices)
+    if matrices.ndim != 3 or matrices.shape[1:] != (num_rows, dim):
+        raise ValueError(f"Matrices of shape {matrices.shape[1:]} for an index of ({num_rows}, {dim}) ones.")
+    if len(ids) != len(matrices):
+        raise ValueError(f"{len(ids)} ids for {len(matrices)} matrices.")
+    if not np.isfinite(matrices).all():
+        bad = [ids[i] for i in np.nonzero(~np.isfinite(matrices).all(axis=(1, 2)))[0][:5]]
+        raise ValueError(f"Non-finite values in the matrices of image(s) {bad}.")
+    repeated = [i for i in ids if i in known]
+    if repeated or len(set(ids)) != len(ids):
+        dupes = repeated or sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"Image id(s) already in the index or repeated: {dupes[:10]}")
+    return ids, matrices
 
 
 class _ShardWriter:
@@ -716,6 +848,34 @@ class _ShardWriter:
     def discard(self):
         self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def write_shard(directory, name, ids, matrices, dtype="float32", scann=None):
+    """Writes one shard folder DIRECTORY/NAME of (n, M, d) matrices and their ids (and its
+    ScaNN searcher with `scann` options), not yet listed in any index: `RetrievalIndex.attach`
+    lists it. Returns its entry {"name", "count"}. A folder of that name is replaced: an
+    earlier attempt's (a Beam bundle retried after its worker died)."""
+    shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    writer = _ShardWriter(directory, name, dtype)
+    try:
+        writer.write([str(i) for i in ids], matrices)
+        writer.close()
+        if scann is not None:
+            stored = np.asarray(matrices).astype(dtype).astype(np.float32)
+            _write_searcher(writer.folder, stored.reshape(-1, stored.shape[-1]), scann)
+    except BaseException:
+        writer.discard()
+        raise
+    return {"name": name, "count": writer.count}
+
+
+def _write_searcher(folder, rows, options):
+    """Builds the ScaNN searcher of (R, d) rows and serializes it into FOLDER/scann."""
+    searcher = build_searcher(rows, options)
+    path = os.path.join(folder, SCANN_DIR)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    searcher.serialize(path, relative_path=True)
 
 
 def _next_name(taken):

@@ -11,17 +11,26 @@ A writer kept out fails at once (timeout 0, the default) or waits up to `timeout
 seconds (None: as long as it takes). Either way it has not read or encoded an image
 yet, so nothing is lost: rerun it when the other has finished. Readers take no lock
 (index.json is replaced in one rename). flock needs a local filesystem or NFS v4.
+
+The lock is re-entrant within a thread: a writer holding it for a whole job (a Beam build,
+whose workers write the shards that its final step lists) calls the index's writing
+methods, which take it again, without being kept out by itself. Another thread of the
+same process is kept out as another process is.
 """
 
 import fcntl
 import itertools
 import logging
 import os
+import threading
 import time
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".writer.lock"
+
+# The lock files this process holds: path -> the holding thread.
+_HELD = {}
 
 
 class IndexLockedError(TimeoutError):
@@ -43,6 +52,7 @@ class WriterLock:
         self.path = os.path.join(self.directory, LOCK_FILE)
         self.timeout, self.poll = timeout, poll
         self._file = None
+        self._nested = False
 
     def holder(self):
         """The pid the lock file names ("unknown" while the holder has not written it yet)."""
@@ -54,6 +64,9 @@ class WriterLock:
 
     def __enter__(self):
         os.makedirs(self.directory, exist_ok=True)
+        if _HELD.get(os.path.realpath(self.path)) == threading.get_ident():
+            self._nested = True  # the outer one releases it
+            return self
         self._file = open(self.path, "a+", encoding="ascii")  # "a+": the holder's pid stays until we hold it
         start = time.monotonic()
         for attempt in itertools.count():
@@ -73,18 +86,27 @@ class WriterLock:
         self._file.truncate()
         self._file.write(f"{os.getpid()}\n")
         self._file.flush()
+        _HELD[os.path.realpath(self.path)] = threading.get_ident()
         return self
 
     def _message(self, waited):
-        what = f"{self.path} is held by another writer (pid {self.holder()}) changing {self.directory}"
-        if self.timeout:
-            return f"{what}: waited {waited:.1f} s for it. Rerun when it has finished, or wait longer (--lock_timeout)."
-        return (f"{what}: one writer at a time. Rerun when it has finished, or pass --lock_timeout=SECONDS to wait "
-                "for it.")
+        return kept_out_message(f"{self.path} is held by another writer (pid {self.holder()}) changing "
+                                f"{self.directory}", self.timeout, waited)
 
     def __exit__(self, *exc_info):
+        if self._nested:
+            self._nested = False
+            return
+        del _HELD[os.path.realpath(self.path)]
         self._file.seek(0)
         self._file.truncate()
         fcntl.flock(self._file, fcntl.LOCK_UN)
         self._file.close()
         self._file = None
+
+
+def kept_out_message(what, timeout, waited):
+    """The message of a writer kept out by another (`what`: the lock and its holder)."""
+    if timeout:
+        return f"{what}: waited {waited:.1f} s for it. Rerun when it has finished, or wait longer (--lock_timeout)."
+    return f"{what}: one writer at a time. Rerun when it has finished, or pass --lock_timeout=SECONDS to wait for it."

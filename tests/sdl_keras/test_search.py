@@ -106,6 +106,37 @@ def test_command_line_builds_adds_and_queries(exported, tmp_path):
         f"sdl_keras.search: error: {words}:3: word 'zebra' has non-finite values ('nan', value 2 of 3).")
 
 
+def test_command_line_builds_adds_and_queries_a_milvus_collection(exported, tmp_path):
+    model_path, _, vocabulary = exported
+    vocabulary.save(str(tmp_path / "vocabulary.npz"))
+    photos = write_images(str(tmp_path / "photos"), 5, seed=0)
+    more = write_images(str(tmp_path / "more"), 2, seed=50)
+    location = f"milvus:{tmp_path}/photos.db#photos"
+    build = run_search("build", f"--index={location}", f"--model={model_path}",
+                       f"--vocabulary={tmp_path}/vocabulary.npz", f"--images={tmp_path}/photos",
+                       "--milvus_index_type=IVF_FLAT", '--milvus_index_params={"nlist": 2}',
+                       '--milvus_search_params={"nprobe": 2}')
+    assert build.returncode == 0, build.stderr[-3000:]
+    assert "5 images added, 0 skipped, 5 in the index (3 x 16 float32, Milvus IVF_FLAT index, uncalibrated)" in build.stderr
+    add = run_search("add", f"--index={location}", *more)  # with the model the collection records
+    assert add.returncode == 0 and "2 images added" in add.stderr, add.stderr[-3000:]
+    query = run_search("query", f"--index={location}", "--tag=sky", "--tag=teddy bear", "--top_n=7", "--json")
+    assert query.returncode == 0, query.stderr[-3000:]
+    encoder = search.SavedModelEncoder(model_path)
+    matrices = encoder([open(p, "rb").read() for p in photos + more])
+    products = matrices @ vocabulary.vectors[[vocabulary.index("sky"), vocabulary.index("teddy bear")]].T
+    order = np.argsort(-products.max(axis=1).sum(axis=1), kind="stable")
+    hits = json.loads(query.stdout)["hits"]
+    assert [h["id"] for h in hits] == [(photos + more)[i] for i in order]
+    assert [h["rows"] for h in hits] == products.argmax(axis=1)[order].tolist()
+    np.testing.assert_allclose([h["score"] for h in hits], products.max(axis=1).sum(axis=1)[order], rtol=1e-5)
+    index = retrieval.open_index(location)
+    with pytest.raises(ValueError, match="--method, --num_candidates and --leaves_to_search apply to a local index"):
+        retrieval.backends.search_options(index, method="scann")
+    assert retrieval.backends.search_options(index, search_params={"nprobe": 1}) == {"search_params": {"nprobe": 1}}
+    index.close()
+
+
 def test_a_run_directory_encodes_as_its_export(exported, tmp_path):
     model_path, model, vocabulary = exported
     run_dir = tmp_path / "run"

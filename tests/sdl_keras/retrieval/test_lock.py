@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -89,6 +90,29 @@ def test_an_add_kept_out_consumes_nothing_and_the_next_removes_a_killed_writers_
     reloaded = retrieval.RetrievalIndex.load(path)
     assert reloaded.ids == ["a", "b", "c", "d", "e", "f"]
     np.testing.assert_array_equal(np.concatenate([s.matrices for s in reloaded.shards]), matrices)
+
+
+def test_the_lock_is_reentrant_within_a_thread_and_keeps_out_other_threads(tmp_path):
+    folder = str(tmp_path / "index")
+    kept_out = []
+
+    def other_thread():
+        try:
+            with WriterLock(folder):
+                pass
+        except IndexLockedError as error:
+            kept_out.append(str(error))
+
+    with WriterLock(folder):
+        with WriterLock(folder):  # a job's writing steps under the job's lock (a Beam build's attach)
+            pass
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        assert kept_out and f"(pid {os.getpid()})" in kept_out[0]
+        assert open(os.path.join(folder, LOCK_FILE)).read() == f"{os.getpid()}\n"  # still held
+    with WriterLock(folder):  # released by the outer one
+        pass
 
 
 if __name__ == "__main__":

@@ -129,6 +129,28 @@ def test_trains_from_records_and_evaluates_them(data, tmp_path):
     assert count == NUM_TEST and labels.shape == (NUM_TEST, len(TAGS)) and (labels[:, 6:] == 1).any(axis=1).all()
 
 
+def test_trains_from_a_beam_conversion(data, tmp_path):
+    from pipelines.tfrecord import beam
+
+    # The fixture's train images and labels, converted as an Apache Beam pipeline.
+    images = LabeledImages([os.path.join(data["root"], f"{i}.jpg") for i in range(NUM_TRAIN)],
+                           [f"train{i}" for i in range(NUM_TRAIN)], data["train_labels"])
+    records = tmp_path / "beam_records"
+    beam.convert(images, str(records), "train", ["--runner=DirectRunner"], num_shards=4,
+                 metadata={"tags_sha1": tags_sha1(TAGS)}, unseen=(6, 7))
+    for name in ("tags.txt", "unseen_tags.txt"):
+        shutil.copy(os.path.join(data["records"], name), records / name)
+    expected, found = (record_sets.open_record_set(str(folder), "train") for folder in (data["records"], records))
+    assert (found.num_examples, found.max_seen_positives, found.unseen_sha1) == (
+        expected.num_examples, expected.max_seen_positives, expected.unseen_sha1)
+    counter = StepCounter()
+    model, history, _ = training.train(
+        records_config(data, str(tmp_path / "run"), train_source=str(records), test_source="", epochs=1),
+        callbacks=[counter])
+    assert counter.steps == NUM_TRAIN // BATCH and model.loss.max_positives == MOST_SEEN_POSITIVES
+    assert np.isfinite(history.history["loss"]).all()
+
+
 def test_only_the_seen_columns_reach_the_loss(data):
     config = records_config(data, "unused")
     vocabulary = load_vocabulary(config.data)
