@@ -223,6 +223,17 @@ def check_min_probability(min_probability, calibration, location):
                          "calibrated run or export (python -m sdl_keras.calibrate).")
 
 
+def checked_queries(queries, dim, min_probability, calibration, location):
+    """`queries` as Query objects (from Queries or (T, d) / (d,) arrays), once their vectors are
+    `dim`-d and `min_probability` is one the index at `location` can filter by."""
+    check_min_probability(min_probability, calibration, location)
+    queries = [q if isinstance(q, Query) else Query(q) for q in queries]
+    for q in queries:
+        if q.vectors.shape[1] != dim:
+            raise ValueError(f"Query {list(q.names)} has {q.vectors.shape[1]}-d vectors; the index holds {dim}-d rows.")
+    return queries
+
+
 def with_probabilities(hits, query, matrices, calibration, vocabulary, aggregation="max", min_probability=None):
     """The hits of a query, each with its query tags' probabilities (module docstring)
     computed from the hits' (n, M, d) matrices, less those where one is below
@@ -639,13 +650,7 @@ class RetrievalIndex:
         Returns:
             one list of Hit per query.
         """
-        check_min_probability(min_probability, self.calibration, self.directory)
-        queries = [q if isinstance(q, Query) else Query(q) for q in queries]
-        for q in queries:
-            if q.vectors.shape[1] != self.dim:
-                raise ValueError(
-                    f"Query {list(q.names)} has {q.vectors.shape[1]}-d vectors; the index holds {self.dim}-d rows."
-                )
+        queries = checked_queries(queries, self.dim, min_probability, self.calibration, self.directory)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
         k = int(k)

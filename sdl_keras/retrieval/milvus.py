@@ -52,9 +52,8 @@ from sdl_keras.calibration import Calibration
 from sdl_keras.embeddings import TagVocabulary
 from sdl_keras.retrieval.index import (
     Hit,
-    Query,
     check_batch,
-    check_min_probability,
+    checked_queries,
     describe_calibration,
     with_probabilities,
 )
@@ -524,13 +523,7 @@ class MilvusIndex:
             min_probability: leave out the hits where a query tag's probability is below
                 it (a calibrated collection only), as RetrievalIndex does.
         """
-        check_min_probability(min_probability, self.calibration, self.location)
-        queries = [q if isinstance(q, Query) else Query(q) for q in queries]
-        for q in queries:
-            if q.vectors.shape[1] != self.dim:
-                raise ValueError(
-                    f"Query {list(q.names)} has {q.vectors.shape[1]}-d vectors; the index holds {self.dim}-d rows."
-                )
+        queries = checked_queries(queries, self.dim, min_probability, self.calibration, self.location)
         k = int(k)
         if not 1 <= k <= MAX_LIMIT:
             raise ValueError(f"k must be in [1, {MAX_LIMIT}], got {k}.")
