@@ -35,17 +35,20 @@ Search:
   memory-mapped). Ties rank the lower image index first, a stable descending sort of
   the scores, the ranking `evaluation.average_precisions` measures.
 - scann: ScaNN (tree partitioning + anisotropic hashing) over all rows of all images,
-  per shard. Each tag retrieves its `num_candidates` best rows by ScaNN's approximate
-  products, all the query tags of a batch in one batched ScaNN call; per query, the
-  images whose retrieved rows score best are re-scored exactly over all their rows,
-  all queries' candidates together, read in file order (scores and dominant rows are
-  exact; which images are found is approximate: an image is missed when none of its
-  good rows is among a tag's candidates). A shard of fewer than `exact_below_rows`
-  rows is scored exactly instead.
+  per shard. The work runs as (shard, group of queries) tasks on `threads` threads
+  (default: every CPU the process may use; `threads=1` keeps a query on the calling
+  thread, for a server whose request threads already use every core). In a task each
+  tag retrieves its `num_candidates` best rows by ScaNN's approximate products, all the
+  group's tags in one batched ScaNN call; per query, the images whose retrieved rows
+  score best are re-scored exactly over all their rows, the group's candidates together,
+  read in file order (scores and dominant rows are exact; which images are found is
+  approximate: an image is missed when none of its good rows is among a tag's
+  candidates). A shard of fewer than `exact_below_rows` rows is scored exactly instead.
 
 This module is NumPy only (no TensorFlow): an index is queried without loading a model.
 """
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -634,7 +637,7 @@ class RetrievalIndex:
 
     def search_batch(
         self, queries, k=10, method="exact", chunk_images=None, num_candidates=None, leaves_to_search=None,
-        min_probability=None,
+        min_probability=None, threads=None,
     ):
         """The k best images for each query, all scored in one pass over the index.
 
@@ -646,6 +649,7 @@ class RetrievalIndex:
             num_candidates, leaves_to_search: override the index's ScaNN options per search.
             min_probability: leave out the hits where a query tag's probability is below
                 it (a calibrated index only; module docstring).
+            threads: threads of a ScaNN search (default: the CPUs this process may use).
 
         Returns:
             one list of Hit per query.
@@ -656,6 +660,9 @@ class RetrievalIndex:
         k = int(k)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}.")
+        threads = len(os.sched_getaffinity(0)) if threads is None else int(threads)
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}.")
         if not queries or not len(self):
             return [[] for _ in queries]
         vectors = np.concatenate([q.vectors for q in queries])
@@ -664,7 +671,7 @@ class RetrievalIndex:
         if method == "exact":
             self._exact(vectors, columns, tops, chunk_images)
         else:
-            self._approximate(vectors, columns, tops, k, num_candidates, leaves_to_search)
+            self._approximate(vectors, columns, tops, k, num_candidates, leaves_to_search, threads)
         results = []
         for query, top in zip(queries, tops):
             hits = [Hit(self._id(i), float(s), tuple(int(r) for r in rows))
@@ -712,31 +719,52 @@ class RetrievalIndex:
                 picked = np.nonzero(entering[:, q])[0]
                 tops[q].offer(combined[picked, q], base + start + picked, rows[picked][:, columns[q]])
 
-    def _approximate(self, vectors, columns, tops, k, num_candidates, leaves_to_search):
+    def _approximate(self, vectors, columns, tops, k, num_candidates, leaves_to_search, threads):
         options = self.scann_options
         if options is None:
             raise ValueError(f"{self.directory} was built without ScaNN searchers; search it with method='exact'.")
         wanted = int(num_candidates or options.num_candidates or max(options.candidates_per_hit * k, 1000))
         rescored = max(options.rescore_per_hit * k, k)
-        base = 0
+        tasks, base = [], 0
         for shard in self.shards:
             if shard.count * self.num_rows < options.exact_below_rows:
                 self._exact_shard(shard, base, vectors, columns, tops, self._chunk())
             else:
-                searcher = shard.searcher()
-                # One call for all the query tags: ScaNN scores each partition's hashed rows
-                # against several queries at once (and on several threads for a batch).
-                search = searcher.search_batched_parallel if len(vectors) > 1 else searcher.search_batched
-                count = min(wanted, shard.count * self.num_rows)
-                found, distances = search(
-                    vectors, final_num_neighbors=count, pre_reorder_num_neighbors=count,
-                    leaves_to_search=leaves_to_search or options.leaves_to_search,
-                )
-                queries, images = self._candidates(
-                    shard, np.asarray(found), np.asarray(distances), vectors, columns, rescored
-                )
-                self._rescore(shard, base, queries, images, vectors, columns, tops)
+                shard.searcher()  # loaded here, not by two workers at once
+                tasks.append((shard, base))
             base += shard.count
+        # A batch is split into (shard, group of queries) tasks run on `threads` threads:
+        # ScaNN's search and NumPy's gathers of candidate rows release the GIL, and both
+        # are bound by one core's memory bandwidth, so a batch's throughput grows with the
+        # cores. At least two tasks per thread keep them busy while the results are merged.
+        per_shard = 1 if threads == 1 else min(len(columns), -(-2 * threads // max(len(tasks), 1)))
+        groups = np.array_split(np.arange(len(columns)), per_shard)
+        tasks = [(shard, base, group) for shard, base in tasks for group in groups]
+        search = functools.partial(self._search_shard, vectors=vectors, columns=columns, count=wanted,
+                                   rescored=rescored, leaves_to_search=leaves_to_search or options.leaves_to_search)
+        parallel = threads > 1 and len(tasks) > 1
+        pool = concurrent.futures.ThreadPoolExecutor(min(threads, len(tasks))) if parallel else None
+        try:
+            for (_, base, group), found in zip(tasks, (pool.map if pool else map)(search, tasks)):
+                for q, scores, images, rows in found:
+                    tops[group[q]].offer(scores, base + images, rows)
+        finally:
+            if pool:
+                pool.shutdown()
+
+    def _search_shard(self, task, vectors, columns, count, rescored, leaves_to_search):
+        """[(query in the group, exact scores, images in the shard, dominant rows)] of one
+        (shard, base, group of queries) task: ScaNN's candidates, re-scored exactly."""
+        shard, _, group = task
+        columns = [columns[q] for q in group]
+        vectors = vectors[np.concatenate(columns)]
+        columns = np.split(np.arange(len(vectors)), np.cumsum([len(c) for c in columns])[:-1])
+        count = min(count, shard.count * self.num_rows)
+        found, distances = shard.searcher().search_batched(
+            vectors, final_num_neighbors=count, pre_reorder_num_neighbors=count, leaves_to_search=leaves_to_search
+        )
+        queries, images = self._candidates(shard, np.asarray(found), np.asarray(distances), vectors, columns, rescored)
+        return self._rescore(shard, queries, images, vectors, columns)
 
     def _candidates(self, shard, found, distances, vectors, columns, rescored):
         """(queries, images): per query, the `rescored` images of a shard to re-score exactly,
@@ -789,9 +817,9 @@ class RetrievalIndex:
         order = np.argsort(queries, kind="stable")
         return queries[order], images[order]
 
-    def _rescore(self, shard, base, queries, images, vectors, columns, tops):
-        """Exact scores of (query, image) pairs over all the images' rows, offered to the
-        queries' top k."""
+    def _rescore(self, shard, queries, images, vectors, columns):
+        """Exact scores of (query, image) pairs over all the images' rows:
+        [(query, scores, images, dominant rows)]."""
         sizes = np.array([len(c) for c in columns])
         firsts = np.array([c[0] for c in columns])
         # One entry per (pair, tag of its query): its image's matrix times the tag's vector.
@@ -802,11 +830,13 @@ class RetrievalIndex:
         entry_scores, entry_rows = _aggregate(products[:, :, None], self.aggregation)
         scores = np.add.reduceat(entry_scores[:, 0], pair_starts) if len(pair) else entry_scores[:, 0]
         bounds = np.searchsorted(queries, np.arange(len(columns) + 1))
+        found = []
         for q in range(len(columns)):
             pairs = np.arange(bounds[q], bounds[q + 1])
             if len(pairs):
                 rows = entry_rows[pair_starts[pairs][:, None] + np.arange(sizes[q])[None, :], 0]
-                tops[q].offer(scores[pairs], base + images[pairs], rows)
+                found.append((q, scores[pairs], images[pairs], rows))
+        return found
 
 
 def check_batch(ids, matrices, num_rows, dim, known=()):

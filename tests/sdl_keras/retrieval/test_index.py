@@ -184,6 +184,14 @@ def test_scann_recall_at_100_against_exact_search(tmp_path):
     np.testing.assert_allclose(*zip(*found), rtol=1e-6)
     single = index.search(queries[0], k=100, method="scann")
     assert [h.id for h in single] == [h.id for h in approximate[0]]
+    # A batch runs as (shard, group of queries) tasks on threads; one- and several-tag queries
+    # get the answers they get one at a time on the calling thread.
+    mixed = queries[:6] + [retrieval.Query(np.stack(queries[i : i + 3])) for i in range(6, 12, 3)]
+    one_at_a_time = [index.search(q, k=50, method="scann", threads=1) for q in mixed]
+    assert index.search_batch(mixed, k=50, method="scann", threads=3) == one_at_a_time
+    assert index.search_batch(mixed, k=50, method="scann") == one_at_a_time
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        index.search(queries[0], method="scann", threads=0)
 
     with pytest.raises(ValueError, match="without ScaNN"):
         retrieval.build_index(str(tmp_path / "exact"), [(ids[:10], matrices[:10])]).search(queries[0], method="scann")
