@@ -683,28 +683,28 @@ class RetrievalIndex:
             self._approximate(vectors, columns, tops, k, num_candidates, leaves_to_search, threads)
         results = []
         for query, top in zip(queries, tops):
-            hits = [Hit(self._id(i), float(s), tuple(int(r) for r in rows))
-                    for s, i, rows in zip(top.scores, top.images, top.rows)]
+            # Python lists, not NumPy scalars: building hits took a sixth of a ScaNN search.
+            hits = [Hit(i, s, tuple(rows))
+                    for i, s, rows in zip(self._ids_at(top.images), top.scores.tolist(), top.rows.tolist())]
             if self.calibration is not None and hits:
                 hits = with_probabilities(hits, query, self._matrices(top.images), self.calibration, self.vocabulary,
                                           self.aggregation, min_probability)
             results.append(hits)
         return results
 
-    def _matrices(self, images):
-        """(n, M, d) float32 matrices of the images at global positions (shards in order)."""
+    def _locate(self, images):
+        """(shard, position in it) of each image at a global position (shards in order)."""
         starts = np.cumsum([0] + [s.count for s in self.shards])
         shard_of = np.searchsorted(starts, images, side="right") - 1
-        return np.stack([np.asarray(self.shards[s].matrices[i - starts[s]], np.float32)
-                         for s, i in zip(shard_of, images)])
+        return zip(shard_of.tolist(), (np.asarray(images) - starts[shard_of]).tolist())
 
-    def _id(self, image):
-        """The id of the image at a global position (shards in order)."""
-        for shard in self.shards:
-            if image < shard.count:
-                return shard.ids[image]
-            image -= shard.count
-        raise IndexError(image)
+    def _matrices(self, images):
+        """(n, M, d) float32 matrices of the images at global positions."""
+        return np.stack([np.asarray(self.shards[s].matrices[i], np.float32) for s, i in self._locate(images)])
+
+    def _ids_at(self, images):
+        """The ids of the images at global positions."""
+        return [self.shards[s].ids[i] for s, i in self._locate(images)]
 
     def _score(self, matrices, vectors):
         return _score(matrices, vectors, self.aggregation)

@@ -37,6 +37,7 @@ calibration of thousands of tags).
 import contextlib
 import dataclasses
 import functools
+import glob
 import itertools
 import json
 import logging
@@ -120,18 +121,49 @@ def close_client(client, uri):
 
 
 @contextlib.contextmanager
-def _lite_quiet(uri):
+def _lite_quiet(uri, loggers=("grpc._server",)):
     """Creating an index makes pymilvus ask the server for a timestamp, which milvus-lite does
     not implement: pymilvus carries on without it, but milvus-lite's in-process gRPC server
-    logs each refusal with a traceback. That log is silenced while a milvus-lite index is made."""
-    server_logger = logging.getLogger("grpc._server")
-    level = server_logger.level
+    logs each refusal with a traceback. The `loggers` are silenced while a milvus-lite index
+    is made (and while a load that this module recovers from may fail)."""
+    kept = {name: logging.getLogger(name).level for name in loggers}
     if not is_remote(uri):
-        server_logger.setLevel(logging.CRITICAL)
+        for name in loggers:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        server_logger.setLevel(level)
+        for name, level in kept.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def load_collection(client, uri, name):
+    """Loads a collection for searching. milvus-lite 3.2.2 writes its index files (the
+    `indexes/` beside each partition's data, built from that data after a flush) in place,
+    not by a rename: a process killed while writing one leaves it truncated, and loading
+    the collection then fails ("File is too small", "Not an Arrow file"). They are caches
+    of the data, which milvus-lite commits atomically, and it rebuilds any that is missing:
+    after such a failure they are removed and the load is tried once more."""
+    from pymilvus import MilvusException
+
+    try:
+        with _lite_quiet(uri, ("pymilvus.decorators", "milvus_lite.adapter.grpc.servicer")):
+            client.load_collection(name)
+        return
+    except MilvusException as error:
+        indexes = [] if is_remote(uri) else glob.glob(
+            os.path.join(uri, "collections", name, "partitions", "*", "indexes", "*"))
+        if not indexes:
+            raise ValueError(f"milvus:{uri}#{name}: Milvus cannot load it: {error.message}") from None
+        logger.warning("milvus:%s#%s: loading failed (%s); rebuilding its %d index files from its data (a writer "
+                       "killed while writing one leaves it truncated).", uri, name, error.message, len(indexes))
+    for path in indexes:
+        os.remove(path)
+    try:
+        client.load_collection(name)
+    except MilvusException as error:
+        raise ValueError(f"milvus:{uri}#{name}: Milvus cannot load it, even with its index files rebuilt: "
+                         f"{error.message}") from None
 
 
 def is_remote(uri):
@@ -366,7 +398,7 @@ class MilvusIndex:
                 _store_vocabulary(client, names[1], vocabulary)
             if calibration is not None:
                 _store_calibration(client, names[2], calibration)
-        client.load_collection(collection)
+        load_collection(client, uri, collection)
         return cls(client, uri, collection, meta, vocabulary, calibration)
 
     @classmethod
@@ -380,11 +412,11 @@ class MilvusIndex:
         meta = json.loads(properties[PROPERTY])
         if meta.get("format") != FORMAT:
             raise ValueError(f"milvus:{uri}#{collection}: format {meta.get('format')!r}, expected {FORMAT!r}.")
-        vocabulary = _load_vocabulary(client, collection + VOCABULARY_SUFFIX) if meta.get("vocabulary") else None
+        vocabulary = _load_vocabulary(client, uri, collection + VOCABULARY_SUFFIX) if meta.get("vocabulary") else None
         calibration = None
         if meta.get("calibration"):
-            calibration = _load_calibration(client, collection + CALIBRATION_SUFFIX, f"milvus:{uri}#{collection}")
-        client.load_collection(collection)
+            calibration = _load_calibration(client, uri, collection + CALIBRATION_SUFFIX, collection)
+        load_collection(client, uri, collection)
         return cls(client, uri, collection, meta, vocabulary, calibration)
 
     def close(self):
@@ -623,8 +655,8 @@ def _store_vocabulary(client, name, vocabulary):
     client.flush(name)
 
 
-def _load_vocabulary(client, name):
-    client.load_collection(name)
+def _load_vocabulary(client, uri, name):
+    load_collection(client, uri, name)
     count = int(client.query(name, filter="position >= 0", output_fields=["count(*)"])[0]["count(*)"])
     entities = []
     for start in range(0, count, CALL_ENTITIES):
@@ -653,11 +685,11 @@ def _store_calibration(client, name, calibration):
     client.flush(name)
 
 
-def _load_calibration(client, name, location):
-    client.load_collection(name)
+def _load_calibration(client, uri, name, collection):
+    load_collection(client, uri, name)
     pieces = _all(client, name, "piece >= 0", ["piece", "text"])
     text = "".join(p["text"] for p in sorted(pieces, key=lambda p: p["piece"]))
-    return Calibration.from_dict(json.loads(text), source=f"{location}'s calibration")
+    return Calibration.from_dict(json.loads(text), source=f"milvus:{uri}#{collection}'s calibration")
 
 
 def _all(client, collection, condition, fields):

@@ -2,9 +2,10 @@
 scores, dominant rows) for one-tag and multi-tag queries, on random matrices and on the demo
 index, with a calibrated model's probabilities; it stores the vocabulary, the calibration and
 its settings in the collection; an add killed halfway leaves the collection queryable, its
-partial entities ignored and then deleted; one writer at a time (the collection's writer
-lease, kept out as by a directory's writer lock)."""
+partial entities ignored and then deleted, and the index files it cut short rebuilt; one
+writer at a time (the collection's writer lease, kept out as by a directory's writer lock)."""
 
+import glob
 import json
 import os
 import signal
@@ -199,6 +200,30 @@ def test_a_killed_add_leaves_the_collection_queryable(tmp_path):
     assert index.add([(["new-0-0", "late"], more)]) == 2
     assert index._count("add_id >= 0") == 52 * 3 and len(index) == 52
     np.testing.assert_array_equal(index.matrices(["new-0-0"])[0], more[0])
+    index.close()
+
+
+def test_index_files_a_kill_cut_short_are_rebuilt_when_the_collection_is_opened(tmp_path, caplog):
+    # milvus-lite writes the index files of a flushed segment in place after the flush: a
+    # writer killed then leaves one truncated (seen in the test above: "File is too small: 0").
+    uri = str(tmp_path / "cut.db")
+    rng = np.random.default_rng(3)
+    index = MilvusIndex.create(uri, "cut", 3, 8)
+    index.add([([f"i{j}" for j in range(40)], rng.standard_normal((40, 3, 8)).astype(np.float32))])
+    queries = [rng.standard_normal(8), rng.standard_normal((2, 8))]
+    before = index.search_batch(queries, k=10)
+    index.close()
+    files = sorted(glob.glob(os.path.join(uri, "collections", "cut", "partitions", "*", "indexes", "*")))
+    assert [os.path.splitext(f)[1] for f in files] == [".sidx", ".idx"]  # image_id's and the vectors'
+    for path, kept in zip(files, (0.0, 0.5)):
+        with open(path, "r+b") as f:
+            f.truncate(int(kept * os.path.getsize(path)))
+
+    index = MilvusIndex.open(uri, "cut")
+    assert "rebuilding its 2 index files from its data" in caplog.text
+    assert all(os.path.getsize(f) > 0 for f in files)
+    for found, expected in zip(index.search_batch(queries, k=10), before):
+        assert_same_hits(found, expected)
     index.close()
 
 
