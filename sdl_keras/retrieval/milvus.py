@@ -149,14 +149,15 @@ def load_collection(client, uri, name):
     try:
         with _lite_quiet(uri, ("pymilvus.decorators", "milvus_lite.adapter.grpc.servicer")):
             client.load_collection(name)
-        return
+            return
     except MilvusException as error:
-        indexes = [] if is_remote(uri) else glob.glob(
-            os.path.join(uri, "collections", name, "partitions", "*", "indexes", "*"))
-        if not indexes:
-            raise ValueError(f"milvus:{uri}#{name}: Milvus cannot load it: {error.message}") from None
-        logger.warning("milvus:%s#%s: loading failed (%s); rebuilding its %d index files from its data (a writer "
-                       "killed while writing one leaves it truncated).", uri, name, error.message, len(indexes))
+        failure = error.message
+    indexes = [] if is_remote(uri) else glob.glob(
+        os.path.join(uri, "collections", name, "partitions", "*", "indexes", "*"))
+    if not indexes:
+        raise ValueError(f"milvus:{uri}#{name}: Milvus cannot load it: {failure}")
+    logger.warning("milvus:%s#%s: loading failed (%s); rebuilding its %d index files from its data (a writer "
+                   "killed while writing one leaves it truncated).", uri, name, failure, len(indexes))
     for path in indexes:
         os.remove(path)
     try:
@@ -415,7 +416,7 @@ class MilvusIndex:
         vocabulary = _load_vocabulary(client, uri, collection + VOCABULARY_SUFFIX) if meta.get("vocabulary") else None
         calibration = None
         if meta.get("calibration"):
-            calibration = _load_calibration(client, uri, collection + CALIBRATION_SUFFIX, collection)
+            calibration = _load_calibration(client, uri, collection)
         load_collection(client, uri, collection)
         return cls(client, uri, collection, meta, vocabulary, calibration)
 
@@ -685,7 +686,8 @@ def _store_calibration(client, name, calibration):
     client.flush(name)
 
 
-def _load_calibration(client, uri, name, collection):
+def _load_calibration(client, uri, collection):
+    name = collection + CALIBRATION_SUFFIX
     load_collection(client, uri, name)
     pieces = _all(client, name, "piece >= 0", ["piece", "text"])
     text = "".join(p["text"] for p in sorted(pieces, key=lambda p: p["piece"]))
